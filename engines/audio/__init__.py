@@ -1,0 +1,1 @@
+"""Audio features that drive the mouth."""

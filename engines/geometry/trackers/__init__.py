@@ -1,0 +1,1 @@
+"""Landmark trackers (MediaPipe Face Mesh, face-alignment, any 68-point ONNX model)."""

@@ -1,0 +1,1 @@
+"""Decoding and encoding audio and video files with PyAV."""

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Create (or update) the project's own virtual environment in .venv and install StableFace into it.
+#   ./install.sh            the engine
+#   ./install.sh dev        the engine plus test tools (ruff, mypy, pytest)
+# Environment: PYTHON (interpreter to build the venv with, 3.11 or 3.12),
+#              TORCH_SPEC (default torch==2.13.0; e.g. a CPU-only or CUDA build of your choice).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+extras="${1:-}"
+venv=".venv"
+torch_spec="${TORCH_SPEC:-torch==2.13.0}"
+
+pick_python() {
+    if [[ -n "${PYTHON:-}" ]]; then echo "$PYTHON"; return; fi
+    for candidate in python3.12 python3.11 python3; do
+        if command -v "$candidate" >/dev/null 2>&1 &&
+            "$candidate" -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] <= (3, 12) else 1)'; then
+            echo "$candidate"; return
+        fi
+    done
+    echo "install.sh: error: need Python 3.11 or 3.12 (set PYTHON=/path/to/python)" >&2
+    exit 1
+}
+
+if [[ ! -x "$venv/bin/python" ]]; then
+    python="$(pick_python)"
+    echo "install.sh: creating $venv with $("$python" --version)" >&2
+    "$python" -m venv "$venv"
+fi
+
+stamp="$venv/.installed-$( (cat pyproject.toml; echo "$extras $torch_spec") | sha256sum | cut -c1-16)"
+if [[ -f "$stamp" ]]; then
+    exit 0
+fi
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+# torch first and alone: with it in place, the project's torch>=2.4 range installs nothing more.
+"$venv/bin/pip" install --quiet "$torch_spec"
+target="."
+if [[ -n "$extras" ]]; then target=".[$extras]"; fi
+"$venv/bin/pip" install --quiet -e "$target"
+rm -f "$venv"/.installed-*
+touch "$stamp"
+echo "install.sh: installed into $venv" >&2

@@ -1,0 +1,3 @@
+from stableface.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,212 @@
+"""``stableface <command>``: the command line of the engine.
+
+Errors meant for the user (:class:`engines.errors.StableFaceError`) print one line on stderr and
+exit with status 1; usage errors exit with 2; Ctrl-C exits with 130. Nothing else here prints a
+traceback unless ``--debug`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from engines.errors import StableFaceError
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+ROADMAP = {
+    "train": (3, "Models and training"),
+    "eval": (4, "Evaluation: MSI and the paper's metrics"),
+    "export": (5, "Inference engines: ONNX export, ONNX Runtime and TensorRT"),
+    "serve": (7, "Serving: WebRTC server and browser client"),
+    "live": (7, "Serving: local microphone, virtual camera"),
+    "bench": (8, "Latency and throughput benchmarks"),
+}
+
+Handler = Callable[[argparse.Namespace], int]
+SettingsT = TypeVar("SettingsT", bound="BaseModel")
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from offline_training.dataset.builder import PrepareSettings, manifest_summary, prepare_dataset
+
+    settings = _validated(
+        PrepareSettings,
+        video=args.video,
+        out=args.out,
+        audio=args.audio,
+        render_size=args.size,
+        tracker=args.tracker,
+        tracker_model=args.tracker_model,
+        overwrite=args.overwrite,
+        mouth_dims=args.mouth_dims,
+        upper_dims=args.upper_dims,
+        show_progress=not args.quiet,
+    )
+    report = prepare_dataset(settings)
+    manifest = report.manifest
+    print(f"dataset: {report.out}")
+    print(
+        f"  {manifest.num_frames} frames kept of {manifest.num_source_frames} at 25 fps "
+        f"({len(manifest.dropped_frames)} without a face), {manifest.trim.used_duration_s:.2f} s"
+    )
+    print(
+        f"  face model: {manifest.face_model.mouth_dims} mouth + {manifest.face_model.upper_dims} upper-face "
+        f"parameters explain {manifest.face_model.explained_variance:.1%} of shape variance"
+    )
+    print(f"  {report.frames_per_second:.1f} frames/s")
+    logging.getLogger(__name__).debug("summary %s", manifest_summary(manifest))
+    return 0
+
+
+def _validated(model: type[SettingsT], **values: object) -> SettingsT:
+    """Build a pydantic settings object, turning a validation failure into a one-line error."""
+    from pydantic import ValidationError
+
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise StableFaceError(f"invalid {where}: {first['msg']}") from exc
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from offline_training.synthetic import generate_talking_face, write_talking_face
+
+    if args.out.exists() and not args.overwrite:
+        raise StableFaceError(f"{args.out}: already exists; pass --overwrite to replace it")
+    clip = generate_talking_face(seed=args.seed, duration_s=args.seconds, size=args.size)
+    write_talking_face(args.out, clip, audio_path=args.audio_out)
+    print(f"synthetic talking face: {args.out} ({len(clip.frames)} frames, {args.seconds:g} s, seed {args.seed})")
+    return 0
+
+
+def _not_built(command: str) -> Handler:
+    issue, title = ROADMAP[command]
+
+    def handler(_: argparse.Namespace) -> int:
+        print(
+            f"stableface {command}: not built yet; it arrives with issue #{issue} ({title})",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+
+    return handler
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stableface",
+        description="Real-time talking-avatar engine (StableFace). Turn a talking-head video into an "
+        "avatar, then drive it live with speech.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+
+    prepare = sub.add_parser(
+        "prepare",
+        help="build an avatar dataset from a talking-head video",
+        description="Decode a talking-head video (25 fps, 16 kHz mono), track the face in every frame, fit "
+        "the per-avatar face model and write crops, face-shape images, mouth masks and log-mel features "
+        "into a dataset folder with a versioned manifest.json. The folder appears only when complete.",
+    )
+    prepare.add_argument("video", type=Path, help="the talking-head video (any format FFmpeg reads)")
+    prepare.add_argument("--out", type=Path, required=True, help="dataset folder to create")
+    prepare.add_argument(
+        "--audio", type=Path, help="speech as a separate file, for videos without an audio track"
+    )
+    prepare.add_argument("--size", type=_positive_int, default=256, help="crop side in pixels (default 256)")
+    prepare.add_argument(
+        "--tracker",
+        choices=["mediapipe", "face-alignment", "onnx68"],
+        default="mediapipe",
+        help="landmark tracker (default mediapipe: 478 points, needs no download)",
+    )
+    prepare.add_argument("--tracker-model", type=Path, help="the 68-point ONNX model for --tracker onnx68")
+    prepare.add_argument("--mouth-dims", type=_positive_int, default=32, help="mouth parameters (default 32)")
+    prepare.add_argument("--upper-dims", type=_positive_int, default=16, help="upper-face parameters (default 16)")
+    prepare.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    prepare.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    prepare.set_defaults(handler=_cmd_prepare)
+
+    synth = sub.add_parser(
+        "synth",
+        help="generate a synthetic talking-face video (for tests and demos)",
+        description="Animate the public-domain astronaut portrait shipped with scikit-image so that its mouth "
+        "follows generated speech-like audio. Deterministic from --seed.",
+    )
+    synth.add_argument("--out", type=Path, required=True, help="MP4 file to write")
+    synth.add_argument("--seconds", type=_positive_float, default=8.0, help="duration (default 8)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.add_argument("--size", type=_positive_int, default=256, help="frame side in pixels (default 256)")
+    synth.add_argument("--audio-out", type=Path, help="write the audio to this WAV instead of into the MP4")
+    synth.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    synth.set_defaults(handler=_cmd_synth)
+
+    for command, (issue, title) in ROADMAP.items():
+        placeholder = sub.add_parser(
+            command,
+            help=f"(not built yet: issue #{issue})",
+            description=f"Not built yet: arrives with issue #{issue}, {title}.",
+        )
+        placeholder.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        placeholder.set_defaults(handler=_not_built(command))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except StableFaceError as exc:
+        if args.debug:
+            raise
+        print(f"stableface {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"stableface {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if args.debug:
+            raise
+        first_line = (str(exc).splitlines() or [""])[0]
+        print(
+            f"stableface {args.command}: internal error: {type(exc).__name__}: {first_line} "
+            "(rerun with --debug for the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR

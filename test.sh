@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Install into .venv (with the dev tools) and run the checks: ruff, mypy, pytest.
+# Extra arguments go to pytest, e.g. ./test.sh -k prepare   or   ./test.sh -m slow
+set -euo pipefail
+cd "$(dirname "$0")"
+./install.sh dev
+export PATH="$PWD/.venv/bin:$PATH"
+echo "== ruff" >&2
+ruff check .
+echo "== mypy" >&2
+mypy engines realtime offline_training stableface
+echo "== pytest" >&2
+pytest "$@"
