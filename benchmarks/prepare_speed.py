@@ -1,0 +1,180 @@
+"""Speed of ``stableface prepare``: frames per second, whole and per stage.
+
+Runs the dataset builder on every ``../shared/data/real/hdtf/*.mp4`` clip (or the videos given)
+and reports, per clip and over all clips, the frames per second of the whole run and of each
+stage (decode, track, face model, crop, face shape, mouth mask, image writes, ...), plus the
+per-frame latency distribution of the per-frame stages (p50/p95/p99 in ms). Writes
+``results/prepare_speed-<date>.json`` and a Markdown summary beside it.
+
+    python benchmarks/prepare_speed.py [VIDEO ...] [--size 256] [--tracker mediapipe] [--quick]
+
+The target is the whole of ``prepare`` at >= 25 frames/s (faster than real time) at 256x256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from offline_training.dataset.builder import PrepareSettings, prepare_dataset  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "data"
+PER_FRAME_STAGES = ("decode_video", "track", "crop", "face_shape", "mouth_mask", "write_images")
+TARGET_FPS = 25.0
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _synthetic_video(folder: Path) -> Path:
+    from offline_training.synthetic import generate_talking_face, write_talking_face
+
+    path = folder / "synthetic.mp4"
+    write_talking_face(path, generate_talking_face(seed=0, duration_s=4.0, size=256))
+    return path
+
+
+def measure(video: Path, size: int, tracker: str, tracker_model: Path | None, audio: Path | None) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        report = prepare_dataset(
+            PrepareSettings(
+                video=video,
+                audio=audio,
+                out=Path(tmp) / "ds",
+                render_size=size,
+                tracker=tracker,
+                tracker_model=tracker_model,
+                show_progress=False,
+            )
+        )
+        wall = time.perf_counter() - start
+    frames = report.manifest.num_source_frames
+    stages = {name: {"seconds": s, "frames_per_s": frames / s if s > 0 else None} for name, s in report.stage_seconds.items()}
+    return {
+        "video": video.name,
+        "frames": frames,
+        "wall_s": wall,
+        "frames_per_s": frames / wall,
+        "stages": stages,
+    }
+
+
+def summarise(runs: list[dict]) -> dict:
+    fps = np.array([run["frames_per_s"] for run in runs])
+    per_frame_ms = np.array([1000.0 * run["wall_s"] / run["frames"] for run in runs])
+    stage_names = sorted({name for run in runs for name in run["stages"]})
+    stages = {}
+    for name in stage_names:
+        ms = np.array([1000.0 * run["stages"].get(name, {"seconds": 0.0})["seconds"] / run["frames"] for run in runs])
+        stages[name] = {"ms_per_frame_mean": float(ms.mean()), "ms_per_frame_p50": float(np.percentile(ms, 50)),
+                        "ms_per_frame_p95": float(np.percentile(ms, 95)), "ms_per_frame_p99": float(np.percentile(ms, 99))}
+    return {
+        "clips": len(runs),
+        "frames": int(sum(run["frames"] for run in runs)),
+        "frames_per_s_overall": float(sum(run["frames"] for run in runs) / sum(run["wall_s"] for run in runs)),
+        "ms_per_frame_by_clip": {
+            "p50": float(np.percentile(per_frame_ms, 50)),
+            "p95": float(np.percentile(per_frame_ms, 95)),
+            "p99": float(np.percentile(per_frame_ms, 99)),
+        },
+        "frames_per_s_by_clip": {"min": float(fps.min()), "p50": float(np.percentile(fps, 50)), "max": float(fps.max())},
+        "stages_ms_per_frame": stages,
+        "target_frames_per_s": TARGET_FPS,
+        "meets_target": bool(fps.min() >= TARGET_FPS),
+    }
+
+
+def markdown(result: dict) -> str:
+    summary = result["summary"]
+    lines = [
+        f"# prepare speed — {result['date']}",
+        "",
+        f"Machine: {result['machine']['processor']} ({result['machine']['cpus']} CPUs), Python "
+        f"{result['machine']['python']}, commit {result['commit']}, tracker {result['tracker']}, size {result['size']}.",
+        "",
+        f"Overall: **{summary['frames_per_s_overall']:.1f} frames/s** over {summary['frames']} frames in "
+        f"{summary['clips']} clips (target {TARGET_FPS:g}; {'met' if summary['meets_target'] else 'NOT met'}).",
+        f"Per-clip ms/frame p50 {summary['ms_per_frame_by_clip']['p50']:.1f}, "
+        f"p95 {summary['ms_per_frame_by_clip']['p95']:.1f}, p99 {summary['ms_per_frame_by_clip']['p99']:.1f}.",
+        "",
+        "| clip | frames | frames/s |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {run['video']} | {run['frames']} | {run['frames_per_s']:.1f} |" for run in result["runs"]]
+    lines += ["", "| stage | ms/frame p50 | p95 | p99 |", "|---|---:|---:|---:|"]
+    for name, stats in sorted(summary["stages_ms_per_frame"].items(), key=lambda item: -item[1]["ms_per_frame_p50"]):
+        lines.append(
+            f"| {name} | {stats['ms_per_frame_p50']:.2f} | {stats['ms_per_frame_p95']:.2f} | {stats['ms_per_frame_p99']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("videos", nargs="*", type=Path, help="videos (default: ../shared/data/real/hdtf/*.mp4)")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--tracker", default="mediapipe")
+    parser.add_argument("--tracker-model", type=Path)
+    parser.add_argument("--quick", action="store_true", help="one short synthetic clip (smoke test)")
+    parser.add_argument("--results", type=Path, default=REPO / "results")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.quick:
+            videos = [_synthetic_video(Path(tmp))]
+        else:
+            videos = args.videos or sorted((SHARED / "real" / "hdtf").glob("*.mp4"))
+        if not videos:
+            print(f"no videos: give some, or provide {SHARED / 'real' / 'hdtf'}", file=sys.stderr)
+            return 1
+        runs = []
+        for video in videos:
+            run = measure(video, args.size, args.tracker, args.tracker_model, None)
+            print(f"{video.name}: {run['frames']} frames, {run['frames_per_s']:.1f} frames/s", flush=True)
+            runs.append(run)
+    date = datetime.now(UTC).strftime("%Y-%m-%d")
+    result = {
+        "name": "prepare_speed",
+        "date": date,
+        "commit": _git_commit(),
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "cpus": __import__("os").cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "tracker": args.tracker,
+        "size": args.size,
+        "quick": args.quick,
+        "runs": runs,
+        "summary": summarise(runs),
+    }
+    args.results.mkdir(parents=True, exist_ok=True)
+    stem = f"prepare_speed-{date}" + ("-quick" if args.quick else "")
+    (args.results / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.results / f"{stem}.md").write_text(markdown(result))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

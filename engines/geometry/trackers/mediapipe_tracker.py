@@ -1,0 +1,73 @@
+"""MediaPipe Face Mesh: 478 3D points (468 mesh + 10 iris), models shipped in the mediapipe wheel."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from engines.geometry.trackers.base import FloatArray, ImageRGB, LandmarkLayout
+
+LAYOUT = LandmarkLayout("mediapipe478", 478, has_depth=True)
+
+
+def quiet_native_logs() -> None:
+    """Keep MediaPipe's native (glog/absl/TF Lite) info lines off the user's terminal."""
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+class MediaPipeTracker:
+    """Face Mesh with refined lips and irises, tracking from frame to frame.
+
+    Args:
+        min_detection_confidence: face detector threshold.
+        min_tracking_confidence: below this the next frame runs the detector again.
+    """
+
+    def __init__(self, min_detection_confidence: float = 0.5, min_tracking_confidence: float = 0.5) -> None:
+        self._detection = min_detection_confidence
+        self._tracking = min_tracking_confidence
+        self._mesh: Any = None
+
+    @property
+    def name(self) -> str:
+        return "mediapipe"
+
+    @property
+    def layout(self) -> LandmarkLayout:
+        return LAYOUT
+
+    def _graph(self) -> Any:
+        if self._mesh is None:
+            quiet_native_logs()
+            from mediapipe.python.solutions.face_mesh import FaceMesh
+
+            self._mesh = FaceMesh(
+                static_image_mode=False,
+                max_num_faces=1,
+                refine_landmarks=True,
+                min_detection_confidence=self._detection,
+                min_tracking_confidence=self._tracking,
+            )
+        return self._mesh
+
+    def track(self, frame: ImageRGB) -> FloatArray | None:
+        """(478, 3) pixel-unit points of the face in an (H, W, 3) RGB frame, or None."""
+        height, width = frame.shape[:2]
+        result = self._graph().process(np.ascontiguousarray(frame))
+        faces = result.multi_face_landmarks
+        if not faces:
+            return None
+        points = np.array([(p.x, p.y, p.z) for p in faces[0].landmark], dtype=np.float32)
+        points *= np.array([width, height, width], dtype=np.float32)
+        return points
+
+    def reset(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._mesh is not None:
+            self._mesh.close()
+            self._mesh = None

@@ -1,0 +1,82 @@
+"""A synthetic talking face: the astronaut portrait mouthing generated speech."""
+
+from __future__ import annotations
+
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from engines.media.encode import write_mp4
+from offline_training.synthetic.face_animation import astronaut, frame_from_portrait, head_motion_track, open_mouth
+from offline_training.synthetic.speech import synthesize_speech
+
+SAMPLE_RATE_HZ = 16_000
+
+
+@dataclass(frozen=True)
+class SyntheticClip:
+    """A generated talking-face clip.
+
+    Attributes:
+        frames: (T, H, W, 3) uint8 RGB.
+        audio: (S,) float32 mono at ``sample_rate_hz``, S = T / fps seconds.
+        mouth_opening: (T,) float32 in [0, 1], the opening each frame shows.
+        fps: frame rate.
+        sample_rate_hz: audio rate.
+    """
+
+    frames: npt.NDArray[np.uint8]
+    audio: npt.NDArray[np.float32]
+    mouth_opening: npt.NDArray[np.float32]
+    fps: float
+    sample_rate_hz: int
+
+
+def generate_talking_face(seed: int, duration_s: float, size: int = 256, fps: float = 25.0) -> SyntheticClip:
+    """Make a clip deterministically from ``seed``.
+
+    Args:
+        seed: random seed for the voice, the syllables and the head motion.
+        duration_s: clip length (rounded down to whole frames).
+        size: output frame side in pixels.
+        fps: frame rate.
+
+    Returns:
+        The clip.
+    """
+    frames_count = int(duration_s * fps + 1e-6)
+    speech = synthesize_speech(seed, frames_count / fps, SAMPLE_RATE_HZ)
+    opening = speech.opening_per_frame(fps)[:frames_count]
+    motion = head_motion_track(seed, frames_count, fps)
+    portrait = astronaut()
+    frames = np.stack([frame_from_portrait(open_mouth(portrait, float(o)), m, size) for o, m in zip(opening, motion, strict=True)])
+    return SyntheticClip(
+        frames=frames, audio=speech.audio, mouth_opening=opening, fps=fps, sample_rate_hz=SAMPLE_RATE_HZ
+    )
+
+
+def write_wav(path: Path, audio: npt.NDArray[np.float32], sample_rate_hz: int) -> None:
+    """Write (S,) float32 mono audio as a 16-bit PCM WAV."""
+    pcm = np.clip(np.round(audio * 32767.0), -32768, 32767).astype("<i2")
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(sample_rate_hz)
+        handle.writeframes(pcm.tobytes())
+
+
+def write_talking_face(path: str | Path, clip: SyntheticClip, audio_path: str | Path | None = None) -> None:
+    """Write the clip as an H.264 MP4, with its audio inside (AAC) or, given ``audio_path``, in a WAV.
+
+    Raises:
+        OutputError: the video cannot be written.
+    """
+    path = Path(path)
+    if audio_path is None:
+        write_mp4(path, clip.frames, clip.fps, clip.audio, clip.sample_rate_hz)
+    else:
+        write_mp4(path, clip.frames, clip.fps)
+        write_wav(Path(audio_path), clip.audio, clip.sample_rate_hz)
