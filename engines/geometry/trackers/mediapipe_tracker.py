@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -13,9 +16,33 @@ LAYOUT = LandmarkLayout("mediapipe478", 478, has_depth=True)
 
 
 def quiet_native_logs() -> None:
-    """Keep MediaPipe's native (glog/absl/TF Lite) info lines off the user's terminal."""
+    """Ask MediaPipe's native libraries (glog, TF Lite) to log only errors."""
     os.environ.setdefault("GLOG_minloglevel", "2")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null for a moment.
+
+    MediaPipe's graphs print absl warnings and TF Lite info lines straight to the process's
+    stderr while they start and on their first frame, ignoring every log setting; they mean
+    nothing to a user and break progress bars.
+    """
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no usable stderr: nothing to protect
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 class MediaPipeTracker:
@@ -30,6 +57,7 @@ class MediaPipeTracker:
         self._detection = min_detection_confidence
         self._tracking = min_tracking_confidence
         self._mesh: Any = None
+        self._warm = False
 
     @property
     def name(self) -> str:
@@ -56,7 +84,12 @@ class MediaPipeTracker:
     def track(self, frame: ImageRGB) -> FloatArray | None:
         """(478, 3) pixel-unit points of the face in an (H, W, 3) RGB frame, or None."""
         height, width = frame.shape[:2]
-        result = self._graph().process(np.ascontiguousarray(frame))
+        if self._warm:
+            result = self._graph().process(np.ascontiguousarray(frame))
+        else:
+            with native_stderr_silenced():
+                result = self._graph().process(np.ascontiguousarray(frame))
+            self._warm = True
         faces = result.multi_face_landmarks
         if not faces:
             return None
@@ -71,3 +104,4 @@ class MediaPipeTracker:
         if self._mesh is not None:
             self._mesh.close()
             self._mesh = None
+        self._warm = False

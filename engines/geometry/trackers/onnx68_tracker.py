@@ -15,7 +15,7 @@ import numpy as np
 
 from engines.errors import InputError
 from engines.geometry.trackers.base import FloatArray, ImageRGB, LandmarkLayout
-from engines.geometry.trackers.mediapipe_tracker import quiet_native_logs
+from engines.geometry.trackers.mediapipe_tracker import native_stderr_silenced, quiet_native_logs
 
 LAYOUT = LandmarkLayout("ibug68", 68, has_depth=False)
 CROP_SCALE = 1.1
@@ -75,8 +75,11 @@ class Onnx68Tracker:
             quiet_native_logs()
             from mediapipe.python.solutions.face_detection import FaceDetection
 
-            self._detector = FaceDetection(model_selection=1, min_detection_confidence=0.5)
-        result = self._detector.process(np.ascontiguousarray(frame))
+            with native_stderr_silenced():
+                self._detector = FaceDetection(model_selection=1, min_detection_confidence=0.5)
+                result = self._detector.process(np.ascontiguousarray(frame))
+        else:
+            result = self._detector.process(np.ascontiguousarray(frame))
         if not result.detections:
             return None
         height, width = frame.shape[:2]
