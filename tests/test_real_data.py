@@ -1,0 +1,106 @@
+"""`prepare` on the team's real clips (skipped where ../shared/data is absent)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engines.geometry.crop import paste_back
+from engines.geometry.layouts import MEDIAPIPE478
+from engines.media.decode import iter_video_frames
+from offline_training.dataset import AvatarDataset
+from offline_training.dataset.builder import PrepareSettings, prepare_dataset
+
+
+@pytest.fixture(scope="module")
+def obama_clip2(shared_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AvatarDataset:
+    folder = shared_data_dir / "real" / "obama"
+    out = tmp_path_factory.mktemp("obama") / "clip2"
+    prepare_dataset(
+        PrepareSettings(
+            video=folder / "Obama_clip2.mp4", audio=folder / "Obama_clip2.wav", out=out, show_progress=False
+        )
+    )
+    return AvatarDataset.open(out)
+
+
+@pytest.fixture(scope="module")
+def obama_address(shared_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AvatarDataset:
+    out = tmp_path_factory.mktemp("address") / "address"
+    video = shared_data_dir / "real" / "obama" / "obama_address_720p.mp4"
+    prepare_dataset(PrepareSettings(video=video, out=out, show_progress=False))
+    return AvatarDataset.open(out)
+
+
+def _explained_variance(dataset: AvatarDataset) -> float:
+    """Recomputed from the stored landmarks: 1 - reconstruction error / variance of aligned shapes."""
+    model = dataset.face_model
+    aligned = dataset.pose.remove(dataset.landmarks)
+    reconstructed = model.shapes(dataset.mouth_params, dataset.upper_params)
+    total = ((aligned - aligned.mean(0)) ** 2).sum()
+    return float(1.0 - ((aligned - reconstructed) ** 2).sum() / total)
+
+
+def _inner_lip_distance(landmarks: np.ndarray) -> np.ndarray:
+    """Raw tracked inner-lip gap over the inter-ocular distance, per frame."""
+    anchors = MEDIAPIPE478
+    left = landmarks[:, list(anchors.left_eye), :2].mean(1)
+    right = landmarks[:, list(anchors.right_eye), :2].mean(1)
+    gap = landmarks[:, anchors.inner_lip_top, :2] - landmarks[:, anchors.inner_lip_bottom, :2]
+    return np.linalg.norm(gap, axis=1) / np.linalg.norm(left - right, axis=1)
+
+
+def test_obama_clip_with_separate_audio_makes_a_complete_dataset(obama_clip2: AvatarDataset) -> None:
+    manifest = obama_clip2.manifest
+    assert manifest.num_source_frames == 750  # 30 s at 25 fps from a 30 fps source
+    assert manifest.num_frames >= 0.9 * 750
+    assert manifest.source.audio_name == "Obama_clip2.wav"
+    assert abs(manifest.trim.audio_duration_s - 30.0) < 0.01
+    assert obama_clip2.all_audio_features.shape == (3000, 80)
+    assert obama_clip2.frame(len(obama_clip2) - 1).shape == (256, 256, 3)
+
+
+def test_face_model_explains_the_aligned_shapes(obama_clip2: AvatarDataset) -> None:
+    explained = _explained_variance(obama_clip2)
+    assert explained >= 0.95
+    assert explained == pytest.approx(obama_clip2.manifest.face_model.explained_variance, abs=1e-3)
+
+
+def test_mouth_parameters_predict_the_mouth_opening_on_unseen_frames(obama_clip2: AvatarDataset) -> None:
+    opening = _inner_lip_distance(obama_clip2.landmarks)
+    design = np.c_[obama_clip2.mouth_params, np.ones(len(obama_clip2))]
+    split = obama_clip2.split(0.2)
+    coef, *_ = np.linalg.lstsq(design[split.train], opening[split.train], rcond=None)
+    held_out = np.corrcoef(design[split.validation] @ coef, opening[split.validation])[0, 1]
+    assert held_out >= 0.9
+    # The upper face does not carry the mouth.
+    upper = np.c_[obama_clip2.upper_params, np.ones(len(obama_clip2))]
+    coef_upper, *_ = np.linalg.lstsq(upper[split.train], opening[split.train], rcond=None)
+    assert np.corrcoef(upper[split.validation] @ coef_upper, opening[split.validation])[0, 1] < held_out - 0.2
+
+
+def test_full_frame_address_video_crops_the_face_and_pastes_back(
+    shared_data_dir: Path, obama_address: AvatarDataset
+) -> None:
+    manifest = obama_address.manifest
+    assert (manifest.source.video_width, manifest.source.video_height) == (1280, 720)
+    assert manifest.num_source_frames > 800
+    assert manifest.num_frames >= 0.9 * manifest.num_source_frames
+    box = obama_address.crop_box
+    assert 0 <= box.x0 and box.x0 + box.size <= 1280 and 0 <= box.y0 and box.y0 + box.size <= 720
+    assert box.size < 720
+    assert _explained_variance(obama_address) >= 0.95
+    video = shared_data_dir / "real" / "obama" / "obama_address_720p.mp4"
+    index = 40
+    source = int(obama_address.source_frame_index[index])
+    frame = next(f for i, f in enumerate(iter_video_frames(video)) if i == source)
+    crop = obama_address.frame(index)
+    np.testing.assert_allclose(crop.astype(float), box.crop(frame, 256).astype(float), atol=2)
+    restored = paste_back(frame, crop, box)
+    x0, y0, size = int(box.x0), int(box.y0), int(box.size)
+    inner = restored[y0 + size // 4 : y0 + 3 * size // 4, x0 + size // 4 : x0 + 3 * size // 4].astype(float)
+    original = frame[y0 + size // 4 : y0 + 3 * size // 4, x0 + size // 4 : x0 + 3 * size // 4].astype(float)
+    assert np.abs(inner - original).mean() < 4.0
+    assert (restored[:, : max(0, x0 - 1)] == frame[:, : max(0, x0 - 1)]).all()
