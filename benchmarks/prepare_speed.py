@@ -68,7 +68,10 @@ def measure(video: Path, size: int, tracker: str, tracker_model: Path | None, au
         )
         wall = time.perf_counter() - start
     frames = report.manifest.num_source_frames
-    stages = {name: {"seconds": s, "frames_per_s": frames / s if s > 0 else None} for name, s in report.stage_seconds.items()}
+    stages = {
+        name: {"seconds": s, "frames_per_s": frames / s if s > 0 else None}
+        for name, s in report.stage_seconds.items()
+    }
     return {
         "video": video.name,
         "frames": frames,
@@ -84,19 +87,31 @@ def summarise(runs: list[dict]) -> dict:
     stage_names = sorted({name for run in runs for name in run["stages"]})
     stages = {}
     for name in stage_names:
-        ms = np.array([1000.0 * run["stages"].get(name, {"seconds": 0.0})["seconds"] / run["frames"] for run in runs])
-        stages[name] = {"ms_per_frame_mean": float(ms.mean()), "ms_per_frame_p50": float(np.percentile(ms, 50)),
-                        "ms_per_frame_p95": float(np.percentile(ms, 95)), "ms_per_frame_p99": float(np.percentile(ms, 99))}
+        ms = np.array(
+            [1000.0 * run["stages"].get(name, {"seconds": 0.0})["seconds"] / run["frames"] for run in runs]
+        )
+        stages[name] = {
+            "ms_per_frame_mean": float(ms.mean()),
+            "ms_per_frame_p50": float(np.percentile(ms, 50)),
+            "ms_per_frame_p95": float(np.percentile(ms, 95)),
+            "ms_per_frame_p99": float(np.percentile(ms, 99)),
+        }
     return {
         "clips": len(runs),
         "frames": int(sum(run["frames"] for run in runs)),
-        "frames_per_s_overall": float(sum(run["frames"] for run in runs) / sum(run["wall_s"] for run in runs)),
+        "frames_per_s_overall": float(
+            sum(run["frames"] for run in runs) / sum(run["wall_s"] for run in runs)
+        ),
         "ms_per_frame_by_clip": {
             "p50": float(np.percentile(per_frame_ms, 50)),
             "p95": float(np.percentile(per_frame_ms, 95)),
             "p99": float(np.percentile(per_frame_ms, 99)),
         },
-        "frames_per_s_by_clip": {"min": float(fps.min()), "p50": float(np.percentile(fps, 50)), "max": float(fps.max())},
+        "frames_per_s_by_clip": {
+            "min": float(fps.min()),
+            "p50": float(np.percentile(fps, 50)),
+            "max": float(fps.max()),
+        },
         "stages_ms_per_frame": stages,
         "target_frames_per_s": TARGET_FPS,
         "meets_target": bool(fps.min() >= TARGET_FPS),
@@ -109,28 +124,36 @@ def markdown(result: dict) -> str:
         f"# prepare speed — {result['date']}",
         "",
         f"Machine: {result['machine']['processor']} ({result['machine']['cpus']} CPUs), Python "
-        f"{result['machine']['python']}, commit {result['commit']}, tracker {result['tracker']}, size {result['size']}.",
+        f"{result['machine']['python']}, commit {result['commit']}, "
+        f"tracker {result['tracker']}, size {result['size']}.",
         "",
         f"Overall: **{summary['frames_per_s_overall']:.1f} frames/s** over {summary['frames']} frames in "
-        f"{summary['clips']} clips (target {TARGET_FPS:g}; {'met' if summary['meets_target'] else 'NOT met'}).",
+        f"{summary['clips']} clips (target {TARGET_FPS:g}; "
+        f"{'met' if summary['meets_target'] else 'NOT met'}).",
         f"Per-clip ms/frame p50 {summary['ms_per_frame_by_clip']['p50']:.1f}, "
-        f"p95 {summary['ms_per_frame_by_clip']['p95']:.1f}, p99 {summary['ms_per_frame_by_clip']['p99']:.1f}.",
+        f"p95 {summary['ms_per_frame_by_clip']['p95']:.1f}, "
+        f"p99 {summary['ms_per_frame_by_clip']['p99']:.1f}.",
         "",
         "| clip | frames | frames/s |",
         "|---|---:|---:|",
     ]
     lines += [f"| {run['video']} | {run['frames']} | {run['frames_per_s']:.1f} |" for run in result["runs"]]
     lines += ["", "| stage | ms/frame p50 | p95 | p99 |", "|---|---:|---:|---:|"]
-    for name, stats in sorted(summary["stages_ms_per_frame"].items(), key=lambda item: -item[1]["ms_per_frame_p50"]):
+    for name, stats in sorted(
+        summary["stages_ms_per_frame"].items(), key=lambda item: -item[1]["ms_per_frame_p50"]
+    ):
         lines.append(
-            f"| {name} | {stats['ms_per_frame_p50']:.2f} | {stats['ms_per_frame_p95']:.2f} | {stats['ms_per_frame_p99']:.2f} |"
+            f"| {name} | {stats['ms_per_frame_p50']:.2f} | {stats['ms_per_frame_p95']:.2f} "
+            f"| {stats['ms_per_frame_p99']:.2f} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("videos", nargs="*", type=Path, help="videos (default: ../shared/data/real/hdtf/*.mp4)")
+    parser.add_argument(
+        "videos", nargs="*", type=Path, help="videos (default: ../shared/data/real/hdtf/*.mp4)"
+    )
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--tracker", default="mediapipe")
     parser.add_argument("--tracker-model", type=Path)

@@ -1,1 +1,4 @@
-"""The ``stableface`` command line. All the work happens in ``engines``, ``offline_training`` and ``realtime``."""
+"""The ``stableface`` command line.
+
+All the work happens in ``engines``, ``offline_training`` and ``realtime``.
+"""

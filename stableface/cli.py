@@ -88,7 +88,10 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         raise StableFaceError(f"{args.out}: already exists; pass --overwrite to replace it")
     clip = generate_talking_face(seed=args.seed, duration_s=args.seconds, size=args.size)
     write_talking_face(args.out, clip, audio_path=args.audio_out)
-    print(f"synthetic talking face: {args.out} ({len(clip.frames)} frames, {args.seconds:g} s, seed {args.seed})")
+    print(
+        f"synthetic talking face: {args.out} "
+        f"({len(clip.frames)} frames, {args.seconds:g} s, seed {args.seed})"
+    )
     return 0
 
 
@@ -150,7 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prepare.add_argument("--tracker-model", type=Path, help="the 68-point ONNX model for --tracker onnx68")
     prepare.add_argument("--mouth-dims", type=_positive_int, default=32, help="mouth parameters (default 32)")
-    prepare.add_argument("--upper-dims", type=_positive_int, default=16, help="upper-face parameters (default 16)")
+    prepare.add_argument(
+        "--upper-dims", type=_positive_int, default=16, help="upper-face parameters (default 16)"
+    )
     prepare.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     prepare.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     prepare.set_defaults(handler=_cmd_prepare)
@@ -158,8 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth = sub.add_parser(
         "synth",
         help="generate a synthetic talking-face video (for tests and demos)",
-        description="Animate the public-domain astronaut portrait shipped with scikit-image so that its mouth "
-        "follows generated speech-like audio. Deterministic from --seed.",
+        description="Animate the public-domain astronaut portrait shipped with scikit-image so that its "
+        "mouth follows generated speech-like audio. Deterministic from --seed.",
     )
     synth.add_argument("--out", type=Path, required=True, help="MP4 file to write")
     synth.add_argument("--seconds", type=_positive_float, default=8.0, help="duration (default 8)")

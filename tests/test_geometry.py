@@ -64,15 +64,18 @@ def test_crop_box_outside_the_frame_repeats_the_border() -> None:
 def test_crop_box_from_landmarks_is_square_and_centred_on_the_median_face() -> None:
     rng = np.random.default_rng(1)
     base = rng.uniform(0, 100, size=(68, 3)).astype(np.float32)
-    tracks = np.stack([base + [300 + i % 3, 200, 0] for i in range(20)]).astype(np.float32)
+    tracks = np.stack([base + np.array([300 + i % 3, 200, 0], np.float32) for i in range(20)]).astype(
+        np.float32
+    )
     box = crop_box_from_landmarks(tracks, 1280, 720, margin=0.5)
     assert box.size == pytest.approx(2 * float(np.ptp(base[:, :2], 0).max()), rel=0.02)
     centre = (box.x0 + box.size / 2, box.y0 + box.size / 2)
     assert centre[0] == pytest.approx(float(base[:, 0].min() + base[:, 0].max()) / 2 + 301, abs=1.5)
     assert centre[1] == pytest.approx(float(base[:, 1].min() + base[:, 1].max()) / 2 + 200, abs=1.5)
-    assert crop_box_from_landmarks(tracks, 1280, 720).to_dict() == box.from_dict(
+    assert (
         crop_box_from_landmarks(tracks, 1280, 720).to_dict()
-    ).to_dict()
+        == box.from_dict(crop_box_from_landmarks(tracks, 1280, 720).to_dict()).to_dict()
+    )
 
 
 def test_to_crop_points_agrees_with_the_crop_matrix() -> None:
@@ -126,7 +129,9 @@ def _synthetic_tracks(frames: int = 120, seed: int = 0) -> tuple[np.ndarray, np.
         shape[65:68, 1] += 0.3 * opening[t]
         shape[6:11, 1] += 0.2 * opening[t]  # chin
         angle = 0.1 * np.sin(t / 9)
-        rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+        rotation = np.array(
+            [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
+        )
         posed = 80 * shape @ rotation.T + [320 + 5 * np.sin(t / 7), 240, 0]
         posed[:, 2] = 0.0
         tracks.append(posed + rng.normal(scale=0.05, size=posed.shape))

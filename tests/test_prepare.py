@@ -61,7 +61,9 @@ def talking_video(tmp_path_factory, clip) -> Path:
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory, talking_video) -> AvatarDataset:
     out = tmp_path_factory.mktemp("prepared") / "avatar"
-    report = prepare_dataset(PrepareSettings(video=talking_video, out=out, render_size=128, show_progress=False))
+    report = prepare_dataset(
+        PrepareSettings(video=talking_video, out=out, render_size=128, show_progress=False)
+    )
     assert report.frames_per_second > 0
     return AvatarDataset.open(out)
 

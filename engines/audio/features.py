@@ -65,7 +65,8 @@ class LogMelConfig:
 
 
 def _hz_to_mel(hz: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    return 2595.0 * np.log10(1.0 + hz / 700.0)
+    mel: npt.NDArray[np.float64] = 2595.0 * np.log10(1.0 + hz / 700.0)
+    return mel
 
 
 def _mel_to_hz(mel: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -75,7 +76,9 @@ def _mel_to_hz(mel: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
 @cache
 def _filterbank(cfg: LogMelConfig) -> FloatArray:
     bins = np.fft.rfftfreq(cfg.n_fft, 1.0 / cfg.sample_rate_hz)
-    edges = _mel_to_hz(np.linspace(_hz_to_mel(np.array(cfg.fmin_hz)), _hz_to_mel(np.array(cfg.fmax_hz)), cfg.n_mels + 2))
+    edges = _mel_to_hz(
+        np.linspace(_hz_to_mel(np.array(cfg.fmin_hz)), _hz_to_mel(np.array(cfg.fmax_hz)), cfg.n_mels + 2)
+    )
     lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
     rising = (bins[None] - lower) / (centre - lower)
     falling = (upper - bins[None]) / (upper - centre)
@@ -119,7 +122,8 @@ def _frames_from_padded(padded: FloatArray, count: int, cfg: LogMelConfig) -> Fl
     windowed[:, :win] = view * _window(cfg)[:win]
     power = np.abs(np.fft.rfft(windowed, axis=1)) ** 2
     mel = power.astype(np.float32) @ _filterbank(cfg).T
-    return np.log(mel + LOG_FLOOR).astype(np.float32)
+    features: FloatArray = np.log(mel + LOG_FLOOR).astype(np.float32)
+    return features
 
 
 def log_mel(audio: npt.ArrayLike, cfg: LogMelConfig = LogMelConfig()) -> FloatArray:
@@ -140,7 +144,11 @@ def log_mel(audio: npt.ArrayLike, cfg: LogMelConfig = LogMelConfig()) -> FloatAr
     lead = cfg.lead_samples
     tail = cfg.win_samples - lead
     padded = np.concatenate(
-        [np.zeros(lead, np.float32), samples, np.zeros(count * cfg.hop_samples - len(samples) + tail, np.float32)]
+        [
+            np.zeros(lead, np.float32),
+            samples,
+            np.zeros(count * cfg.hop_samples - len(samples) + tail, np.float32),
+        ]
     )
     return _frames_from_padded(padded, count, cfg)
 

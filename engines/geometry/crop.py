@@ -118,9 +118,7 @@ def feather_mask(size: int, feather: float = DEFAULT_FEATHER) -> FloatArray:
     return np.outer(ramp, ramp).astype(np.float32)
 
 
-def paste_back(
-    frame: ImageRGB, rendered: ImageRGB, box: CropBox, mask: FloatArray | None = None
-) -> ImageRGB:
+def paste_back(frame: ImageRGB, rendered: ImageRGB, box: CropBox, mask: FloatArray | None = None) -> ImageRGB:
     """Blend a rendered crop back into its full frame.
 
     Args:
@@ -141,11 +139,13 @@ def paste_back(
     y_end = min(height, int(np.ceil(box.y0 + box.size)))
     if x_end <= x_start or y_end <= y_start:
         return frame.copy()
-    inverse = cv2.invertAffineTransform(box.matrix(size))
+    inverse = np.asarray(cv2.invertAffineTransform(box.matrix(size)), dtype=np.float64)
     inverse[:, 2] -= (x_start, y_start)
     region = (x_end - x_start, y_end - y_start)
-    warped = cv2.warpAffine(rendered, inverse, region, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    alpha = cv2.warpAffine(weights, inverse, region, flags=cv2.INTER_LINEAR, borderValue=0.0)[..., None]
+    warped = cv2.warpAffine(
+        rendered, inverse, region, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
+    alpha = cv2.warpAffine(weights, inverse, region, flags=cv2.INTER_LINEAR, borderValue=(0.0,))[..., None]
     out = frame.copy()
     patch = out[y_start:y_end, x_start:x_end].astype(np.float32)
     out[y_start:y_end, x_start:x_end] = np.clip(

@@ -182,7 +182,8 @@ class FaceModelFit:
 def _normalise_reference(shape: FloatArray, rigid: list[int]) -> FloatArray:
     centred = shape - shape[rigid].mean(0)
     radius = float(np.sqrt((centred[rigid] ** 2).sum(1).mean()))
-    return (centred / max(radius, 1e-9)).astype(np.float32)
+    normalised: FloatArray = (centred / max(radius, 1e-9)).astype(np.float32)
+    return normalised
 
 
 def _lower_face_region(mean: FloatArray, layout_name: str) -> IntArray:
@@ -218,7 +219,8 @@ def _vertex_code(mean: FloatArray) -> FloatArray:
     code = (mean - low) / span
     if float(np.ptp(mean[:, 2])) <= 1e-6:
         code[:, 2] = 0.5
-    return code.astype(np.float32)
+    result: FloatArray = code.astype(np.float32)
+    return result
 
 
 def fit_face_model(

@@ -39,12 +39,14 @@ class HeadPose:
             (T, N, 3) points in image pixels.
         """
         posed = np.einsum("tnj,tij->tni", canonical, self.rotation) * self.scale[:, None, None]
-        return (posed + self.translation[:, None, :]).astype(np.float32)
+        placed: FloatArray = (posed + self.translation[:, None, :]).astype(np.float32)
+        return placed
 
     def remove(self, image_points: FloatArray) -> FloatArray:
         """Inverse of :meth:`apply`: image points (T, N, 3) into the canonical frame (T, N, 3)."""
         centred = (image_points - self.translation[:, None, :]) / self.scale[:, None, None]
-        return np.einsum("tni,tij->tnj", centred, self.rotation).astype(np.float32)
+        canonical: FloatArray = np.einsum("tni,tij->tnj", centred, self.rotation).astype(np.float32)
+        return canonical
 
     def select(self, indices: npt.NDArray[np.int64]) -> HeadPose:
         """The poses of the given frames."""
@@ -86,9 +88,7 @@ def fit_similarity(
     return scale, rotation.astype(np.float32), translation.astype(np.float32)
 
 
-def fit_poses(
-    shapes: FloatArray, reference: FloatArray, rigid: tuple[int, ...], dims: int = 3
-) -> HeadPose:
+def fit_poses(shapes: FloatArray, reference: FloatArray, rigid: tuple[int, ...], dims: int = 3) -> HeadPose:
     """Fit one similarity per frame from ``reference`` to each frame's rigid points.
 
     Args:

@@ -26,7 +26,9 @@ def _triangle_ids(points: FloatArray, triangles: IntArray, size: int) -> npt.NDA
     fixed = np.round(points[:, :2] * (1 << SUBPIXEL_BITS)).astype(np.int32)
     ids = np.zeros((size, size), dtype=np.int32)
     for index in order:
-        cv2.fillConvexPoly(ids, fixed[triangles[index]], int(index) + 1, lineType=cv2.LINE_8, shift=SUBPIXEL_BITS)
+        cv2.fillConvexPoly(
+            ids, fixed[triangles[index]], (int(index) + 1,), lineType=cv2.LINE_8, shift=SUBPIXEL_BITS
+        )
     return ids
 
 
@@ -67,7 +69,7 @@ def rasterize_face_shape(
         image[ys, xs, :3] = codes
     mouth = np.zeros((size, size), dtype=np.uint8)
     ring = np.round(points[list(inner_lip_ring), :2] * (1 << SUBPIXEL_BITS)).astype(np.int32)
-    cv2.fillPoly(mouth, [ring], 255, lineType=cv2.LINE_8, shift=SUBPIXEL_BITS)
+    cv2.fillPoly(mouth, [ring], (255,), lineType=cv2.LINE_8, shift=SUBPIXEL_BITS)
     image[..., 3] = mouth.astype(np.float32) / 255.0
     return image
 

@@ -88,9 +88,7 @@ def probe_media(path: str | Path) -> MediaInfo:
         )
 
 
-def iter_video_frames(
-    path: str | Path, fps: float = DEFAULT_FPS
-) -> Iterator[npt.NDArray[np.uint8]]:
+def iter_video_frames(path: str | Path, fps: float = DEFAULT_FPS) -> Iterator[npt.NDArray[np.uint8]]:
     """Decode the first video stream as RGB frames resampled to ``fps``.
 
     Args:
@@ -137,7 +135,7 @@ def _resample_frames(
             if start is None:
                 start = time_s
             time_s -= start
-            image = frame.to_ndarray(format="rgb24")
+            image = np.asarray(frame.to_ndarray(format="rgb24"), dtype=np.uint8)
             # Emit every output time that lies closer to an already-seen frame than to this one.
             while previous is not None and next_index * step < (previous[0] + time_s) / 2:
                 yield previous[1]
@@ -154,9 +152,7 @@ def _resample_frames(
             next_index += 1
 
 
-def load_audio(
-    path: str | Path, sample_rate_hz: int = DEFAULT_SAMPLE_RATE_HZ
-) -> npt.NDArray[np.float32]:
+def load_audio(path: str | Path, sample_rate_hz: int = DEFAULT_SAMPLE_RATE_HZ) -> npt.NDArray[np.float32]:
     """Decode the first audio stream as mono float32 at ``sample_rate_hz``.
 
     Args:

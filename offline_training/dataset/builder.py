@@ -139,7 +139,11 @@ def prepare_dataset(settings: PrepareSettings) -> PrepareReport:
 
     with watch.stage("face_model"):
         fit = fit_face_model(
-            landmarks[kept], layout.name, settings.mouth_dims, settings.upper_dims, planar=not layout.has_depth
+            landmarks[kept],
+            layout.name,
+            settings.mouth_dims,
+            settings.upper_dims,
+            planar=not layout.has_depth,
         )
         box = crop_box_from_landmarks(landmarks[kept], frame_size[0], frame_size[1], settings.crop_margin)
 
@@ -282,7 +286,9 @@ def _track_video(
     return np.stack(points), np.array(found, dtype=bool), frame_size
 
 
-def _reconcile_lengths(settings: PrepareSettings, video_frames: int, audio_samples: int) -> tuple[int, TrimInfo]:
+def _reconcile_lengths(
+    settings: PrepareSettings, video_frames: int, audio_samples: int
+) -> tuple[int, TrimInfo]:
     video_s = video_frames / FPS
     audio_s = audio_samples / SAMPLE_RATE_HZ
     if abs(video_s - audio_s) > settings.max_av_mismatch_s:
@@ -292,9 +298,15 @@ def _reconcile_lengths(settings: PrepareSettings, video_frames: int, audio_sampl
         )
     used_s = min(video_s, audio_s)
     if used_s < settings.min_duration_s:
-        raise InputError(f"{settings.video}: too short ({used_s:.2f} s); need at least {settings.min_duration_s:g} s")
+        raise InputError(
+            f"{settings.video}: too short ({used_s:.2f} s); need at least {settings.min_duration_s:g} s"
+        )
     num_frames = min(video_frames, int(np.floor(audio_s * FPS + 1e-6)))
-    trim = TrimInfo(video_duration_s=round(video_s, 4), audio_duration_s=round(audio_s, 4), used_duration_s=num_frames / FPS)
+    trim = TrimInfo(
+        video_duration_s=round(video_s, 4),
+        audio_duration_s=round(audio_s, 4),
+        used_duration_s=num_frames / FPS,
+    )
     return num_frames, trim
 
 
@@ -356,12 +368,16 @@ def _write_images(
             with watch.stage("face_shape"):
                 points = box.to_crop_points(shapes[position], size)
                 shape_image = face_shape_to_uint8(
-                    rasterize_face_shape(points, model.triangles, model.vertex_code, anchors.inner_lip_ring, size)
+                    rasterize_face_shape(
+                        points, model.triangles, model.vertex_code, anchors.inner_lip_ring, size
+                    )
                 )
             with watch.stage("mouth_mask"):
                 mask = mouth_mask(box.to_crop_points(landmarks[position], size), model.mouth_region, size)
             with watch.stage("write_images"):
-                pending.append(writer.submit(cv2.imwrite, str(staging / "frames" / name), crop[..., ::-1], PNG_FAST))
+                pending.append(
+                    writer.submit(cv2.imwrite, str(staging / "frames" / name), crop[..., ::-1], PNG_FAST)
+                )
                 pending.append(
                     writer.submit(
                         cv2.imwrite, str(staging / "shapes" / name), shape_image[..., [2, 1, 0, 3]], PNG_FAST

@@ -63,7 +63,8 @@ class AvatarDataset:
         version = raw.get("schema_version") if isinstance(raw, dict) else None
         if version != SCHEMA_VERSION:
             raise InputError(
-                f"{root}: dataset schema {version!r}, this version reads {SCHEMA_VERSION}; run stableface prepare again"
+                f"{root}: dataset schema {version!r}, this version reads {SCHEMA_VERSION}; "
+                "run stableface prepare again"
             )
         try:
             manifest = DatasetManifest.model_validate(raw)

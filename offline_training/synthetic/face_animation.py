@@ -37,7 +37,7 @@ def astronaut() -> ImageRGB:
     """(512, 512, 3) uint8 RGB portrait, read-only."""
     from skimage import data
 
-    image = np.ascontiguousarray(data.astronaut(), dtype=np.uint8)
+    image = np.ascontiguousarray(data.astronaut(), dtype=np.uint8)  # type: ignore[no-untyped-call]
     image.setflags(write=False)
     return image
 
@@ -61,7 +61,8 @@ def head_motion_track(seed: int, frames: int, fps: float) -> list[HeadMotion]:
         phases = rng.uniform(0, 2 * np.pi, size=3)
         weights = rng.uniform(0.3, 1.0, size=3)
         signal = (weights[:, None] * np.sin(2 * np.pi * freqs[:, None] * t[None] + phases[:, None])).sum(0)
-        return amplitude * signal / weights.sum()
+        scaled: npt.NDArray[np.float64] = amplitude * signal / weights.sum()
+        return scaled
 
     dx, dy, angle = wander(4.0), wander(3.0), wander(2.0)
     return [HeadMotion(float(a), float(b), float(c)) for a, b, c in zip(dx, dy, angle, strict=True)]
@@ -123,12 +124,17 @@ def frame_from_portrait(portrait: ImageRGB, motion: HeadMotion, size: int) -> Im
     """Move the head by ``motion`` and cut the face window out at ``size`` x ``size``."""
     cx, cy = FACE_CENTRE
     scale = size / FACE_WINDOW
-    rotation = cv2.getRotationMatrix2D((cx, cy), motion.angle_deg, 1.0)
+    rotation = np.asarray(cv2.getRotationMatrix2D((cx, cy), motion.angle_deg, 1.0), dtype=np.float64)
     rotation[:, 2] += (motion.dx, motion.dy)
-    to_output = np.array([[scale, 0, (FACE_WINDOW / 2 - cx) * scale], [0, scale, (FACE_WINDOW / 2 - cy) * scale]])
+    to_output = np.array(
+        [[scale, 0, (FACE_WINDOW / 2 - cx) * scale], [0, scale, (FACE_WINDOW / 2 - cy) * scale]]
+    )
     matrix = to_output @ np.vstack([rotation, [0, 0, 1]])
     frame = cv2.warpAffine(
-        portrait, matrix, (size, size), flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
+        portrait,
+        matrix,
+        (size, size),
+        flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
         borderMode=cv2.BORDER_REFLECT,
     )
     return np.asarray(frame, dtype=np.uint8)

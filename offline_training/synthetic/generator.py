@@ -10,7 +10,12 @@ import numpy as np
 import numpy.typing as npt
 
 from engines.media.encode import write_mp4
-from offline_training.synthetic.face_animation import astronaut, frame_from_portrait, head_motion_track, open_mouth
+from offline_training.synthetic.face_animation import (
+    astronaut,
+    frame_from_portrait,
+    head_motion_track,
+    open_mouth,
+)
 from offline_training.synthetic.speech import synthesize_speech
 
 SAMPLE_RATE_HZ = 16_000
@@ -52,7 +57,12 @@ def generate_talking_face(seed: int, duration_s: float, size: int = 256, fps: fl
     opening = speech.opening_per_frame(fps)[:frames_count]
     motion = head_motion_track(seed, frames_count, fps)
     portrait = astronaut()
-    frames = np.stack([frame_from_portrait(open_mouth(portrait, float(o)), m, size) for o, m in zip(opening, motion, strict=True)])
+    frames = np.stack(
+        [
+            frame_from_portrait(open_mouth(portrait, float(o)), m, size)
+            for o, m in zip(opening, motion, strict=True)
+        ]
+    )
     return SyntheticClip(
         frames=frames, audio=speech.audio, mouth_opening=opening, fps=fps, sample_rate_hz=SAMPLE_RATE_HZ
     )

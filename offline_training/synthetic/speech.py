@@ -45,10 +45,13 @@ class SyntheticSpeech:
         """(T,) mean opening over each video frame's samples, T = floor(S * fps / rate)."""
         per = int(round(self.sample_rate_hz / fps))
         count = len(self.opening) // per
-        return self.opening[: count * per].reshape(count, per).mean(1).astype(np.float32)
+        frames: FloatArray = self.opening[: count * per].reshape(count, per).mean(1).astype(np.float32)
+        return frames
 
 
-def _resonate(signal: npt.NDArray[np.float64], freq: float, bandwidth: float, rate: int) -> npt.NDArray[np.float64]:
+def _resonate(
+    signal: npt.NDArray[np.float64], freq: float, bandwidth: float, rate: int
+) -> npt.NDArray[np.float64]:
     """Second-order resonator (Klatt) with unit gain at DC."""
     r = np.exp(-np.pi * bandwidth / rate)
     c = -(r**2)
@@ -100,7 +103,11 @@ def synthesize_speech(seed: int, duration_s: float, sample_rate_hz: int = 16_000
             # Falling intonation over the phrase, a little wobble inside the syllable.
             t = np.arange(count) / sample_rate_hz
             declination = 1.0 - 0.15 * (position - phrase_start) / (syllables * 0.25 * sample_rate_hz)
-            f0 = base_f0 * declination * (1 + 0.03 * np.sin(2 * np.pi * rng.uniform(3, 6) * t + rng.uniform(0, 6)))
+            f0 = (
+                base_f0
+                * declination
+                * (1 + 0.03 * np.sin(2 * np.pi * rng.uniform(3, 6) * t + rng.uniform(0, 6)))
+            )
             phase = np.cumsum(f0 / sample_rate_hz) + rng.uniform()
             source = 2.0 * (phase % 1.0) - 1.0 + 0.02 * rng.normal(size=count)
             voiced = sum(
@@ -111,7 +118,9 @@ def synthesize_speech(seed: int, duration_s: float, sample_rate_hz: int = 16_000
             segment = voiced * env
             if rng.uniform() < 0.6:
                 burst = min(count // 3, int(rng.uniform(0.02, 0.05) * sample_rate_hz))
-                noise = np.asarray(lfilter(*noise_hp, rng.normal(size=burst))) * _envelope(burst, sample_rate_hz, 0.005, 0.01)
+                noise = np.asarray(lfilter(*noise_hp, rng.normal(size=burst))) * _envelope(
+                    burst, sample_rate_hz, 0.005, 0.01
+                )
                 segment[:burst] = segment[:burst] * 0.3 + 0.5 * noise
             audio[position:end] += segment
             opening[position:end] = np.maximum(opening[position:end], env * openness)
@@ -121,5 +130,7 @@ def synthesize_speech(seed: int, duration_s: float, sample_rate_hz: int = 16_000
     if peak > 0:
         audio *= 0.5 / peak
     return SyntheticSpeech(
-        audio=audio.astype(np.float32), opening=np.clip(opening, 0, 1).astype(np.float32), sample_rate_hz=sample_rate_hz
+        audio=audio.astype(np.float32),
+        opening=np.clip(opening, 0, 1).astype(np.float32),
+        sample_rate_hz=sample_rate_hz,
     )

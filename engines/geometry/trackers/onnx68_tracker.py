@@ -95,7 +95,9 @@ class Onnx68Tracker:
         scale = size / crop_side
         x0, y0 = cx - crop_side / 2, cy - crop_side / 2
         matrix = np.array([[scale, 0, -x0 * scale], [0, scale, -y0 * scale]], dtype=np.float64)
-        crop = cv2.warpAffine(frame, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        crop = cv2.warpAffine(
+            frame, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+        )
         tensor = (crop.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
         output = self._session.run(None, {self._input_name: tensor})[0]
         xy = np.asarray(output, dtype=np.float32).reshape(-1, 2)[:68]
@@ -127,7 +129,9 @@ class Onnx68Tracker:
         points = self._run(frame, *box)
         # One refinement pass centred on the landmarks themselves.
         low, high = points[:, :2].min(0), points[:, :2].max(0)
-        points = self._run(frame, float((low[0] + high[0]) / 2), float((low[1] + high[1]) / 2), float((high - low).max()))
+        points = self._run(
+            frame, float((low[0] + high[0]) / 2), float((low[1] + high[1]) / 2), float((high - low).max())
+        )
         if not self._plausible(points, frame):
             self._previous = None
             return None
