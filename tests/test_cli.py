@@ -1,0 +1,53 @@
+"""The command line: help for every command, honest placeholders, the synthetic generator."""
+
+from __future__ import annotations
+
+import pytest
+
+from engines.media.decode import probe_media
+from stableface.cli import ROADMAP, build_parser, main
+
+COMMANDS = ["prepare", "synth", *ROADMAP]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_explains_itself(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert len(capsys.readouterr().out) > 80
+
+
+def test_the_top_level_help_lists_every_command() -> None:
+    text = build_parser().format_help()
+    for command in COMMANDS:
+        assert command in text
+
+
+@pytest.mark.parametrize("command", sorted(ROADMAP))
+def test_commands_not_built_yet_say_which_issue_brings_them(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([command]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert f"issue #{ROADMAP[command][0]}" in err and "not built yet" in err
+
+
+def test_synth_writes_a_playable_video_and_refuses_to_overwrite(
+    tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "face.mp4"
+    assert main(["synth", "--out", str(out), "--seconds", "2", "--size", "128"]) == 0
+    info = probe_media(out)
+    assert info.has_video and info.has_audio and (info.width, info.height) == (128, 128)
+    assert abs(info.video_duration_s - 2.0) < 0.1
+    assert main(["synth", "--out", str(out), "--seconds", "2"]) == 1
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_usage_errors_exit_with_two(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prepare", "video.mp4", "--size", "-3", "--out", "x"])
+    assert exit_info.value.code == 2
+    assert "must be positive" in capsys.readouterr().err
