@@ -85,6 +85,7 @@ class PrepareReport:
     out: Path
     manifest: DatasetManifest
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    stage_samples_s: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def frames_per_second(self) -> float:
@@ -95,6 +96,7 @@ class PrepareReport:
 class _Stopwatch:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.samples: dict[str, list[float]] = {}
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -102,7 +104,9 @@ class _Stopwatch:
         try:
             yield
         finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            elapsed = time.perf_counter() - start
+            self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
+            self.samples.setdefault(name, []).append(elapsed)
 
 
 def prepare_dataset(settings: PrepareSettings) -> PrepareReport:
@@ -214,7 +218,9 @@ def prepare_dataset(settings: PrepareSettings) -> PrepareReport:
             (staging / "manifest.json").write_text(manifest.model_dump_json(indent=2) + "\n")
         _publish(staging, settings.out, settings.overwrite)
     logger.info("dataset written to %s (%d frames)", settings.out, len(kept))
-    return PrepareReport(out=settings.out, manifest=manifest, stage_seconds=watch.seconds)
+    return PrepareReport(
+        out=settings.out, manifest=manifest, stage_seconds=watch.seconds, stage_samples_s=watch.samples
+    )
 
 
 def _check_destination(out: Path, overwrite: bool) -> None:

@@ -1,0 +1,31 @@
+"""Benchmark scripts run in their quick mode so they cannot rot."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_prepare_speed_quick_writes_json_and_markdown(tmp_path: Path) -> None:
+    module = _load("prepare_speed")
+    assert module.main(["--quick", "--results", str(tmp_path)]) == 0
+    [result_file] = tmp_path.glob("prepare_speed-*-quick.json")
+    result = json.loads(result_file.read_text())
+    summary = result["summary"]
+    assert summary["frames"] == 100 and summary["frames_per_s_overall"] > 0
+    track = summary["stages"]["track"]
+    assert track["calls"] == 100 and track["ms_per_call_p50"] <= track["ms_per_call_p99"]
+    assert (tmp_path / result_file.name.replace(".json", ".md")).read_text().startswith("# prepare speed")
