@@ -54,9 +54,16 @@ class Onnx68Tracker:
         side = inputs[0].shape[2]
         self._input_size = side if isinstance(side, int) and side > 0 else DEFAULT_INPUT
         self._input_name = inputs[0].name
-        width = outputs[0].shape[-1] if outputs else None
-        if isinstance(width, int) and width != 136:
-            raise InputError(f"{path}: output has {width} values, a 68-point model gives 136")
+        if not outputs:
+            raise InputError(f"{path}: the model has no output")
+        # Static output shapes are often symbolic: one probe run tells the real size.
+        probe = np.zeros((1, 3, self._input_size, self._input_size), dtype=np.float32)
+        try:
+            values = int(np.asarray(self._session.run(None, {inputs[0].name: probe})[0]).size)
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise InputError(f"{path}: the model does not run on a (1, 3, S, S) image ({exc})") from exc
+        if values != 136:
+            raise InputError(f"{path}: output has {values} values, a 68-point model gives 136")
         self._path = path
         self._detector: Any = None
         self._previous: FloatArray | None = None
