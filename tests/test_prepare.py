@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from engines.media.encode import write_mp4
+from engines.media.encode import write_mp4, write_wav
 from offline_training.dataset import AvatarDataset
 from offline_training.dataset.builder import PrepareSettings, prepare_dataset
 from offline_training.synthetic import generate_talking_face, write_talking_face
@@ -18,13 +17,8 @@ from offline_training.synthetic import generate_talking_face, write_talking_face
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _write_wav(path: Path, audio: np.ndarray, rate: int = 16_000) -> Path:
-    pcm = np.clip(audio * 32767, -32768, 32767).astype("<i2")
-    with wave.open(str(path), "wb") as handle:
-        handle.setnchannels(1)
-        handle.setsampwidth(2)
-        handle.setframerate(rate)
-        handle.writeframes(pcm.tobytes())
+def _write_wav(path: Path, audio: np.ndarray) -> Path:
+    write_wav(path, audio.astype(np.float32))
     return path
 
 

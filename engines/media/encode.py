@@ -1,7 +1,8 @@
-"""Writing H.264 + AAC MP4 files with PyAV."""
+"""Writing media files: H.264 + AAC MP4 with PyAV, 16-bit PCM WAV with the standard library."""
 
 from __future__ import annotations
 
+import wave
 from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
@@ -84,3 +85,13 @@ def _write_audio(
         frame.time_base = Fraction(1, sample_rate_hz)
         container.mux(stream.encode(frame))
     container.mux(stream.encode(None))
+
+
+def write_wav(path: str | Path, audio: npt.NDArray[np.float32], sample_rate_hz: int = 16_000) -> None:
+    """Write (S,) float32 mono samples in [-1, 1] as a 16-bit PCM WAV file."""
+    pcm = np.clip(np.round(audio * 32767.0), -32768, 32767).astype("<i2")
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(sample_rate_hz)
+        handle.writeframes(pcm.tobytes())

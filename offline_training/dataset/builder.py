@@ -14,7 +14,6 @@ import logging
 import os
 import shutil
 import time
-import wave
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -40,6 +39,7 @@ from engines.geometry.raster import face_shape_to_uint8, rasterize_face_shape
 from engines.geometry.trackers import create_tracker
 from engines.geometry.trackers.base import LandmarkTracker
 from engines.media.decode import MediaInfo, iter_video_frames, load_audio, probe_media
+from engines.media.encode import write_wav
 from offline_training.dataset.manifest import (
     SCHEMA_VERSION,
     AudioFeatureInfo,
@@ -214,7 +214,7 @@ def prepare_dataset(settings: PrepareSettings) -> PrepareReport:
                 },
                 str(staging / "arrays.safetensors"),
             )
-            _write_wav(staging / "audio.wav", audio, SAMPLE_RATE_HZ)
+            write_wav(staging / "audio.wav", audio, SAMPLE_RATE_HZ)
             (staging / "manifest.json").write_text(manifest.model_dump_json(indent=2) + "\n")
         _publish(staging, settings.out, settings.overwrite)
     logger.info("dataset written to %s (%d frames)", settings.out, len(kept))
@@ -402,15 +402,6 @@ def _raise_on_failed_writes(futures: list[Future[bool]]) -> None:
     for future in futures:
         if not future.result():
             raise OSError("an image could not be written")
-
-
-def _write_wav(path: Path, audio: npt.NDArray[np.float32], sample_rate_hz: int) -> None:
-    pcm = np.clip(np.round(audio * 32767.0), -32768, 32767).astype("<i2")
-    with wave.open(str(path), "wb") as handle:
-        handle.setnchannels(1)
-        handle.setsampwidth(2)
-        handle.setframerate(sample_rate_hz)
-        handle.writeframes(pcm.tobytes())
 
 
 def _sha256(path: Path) -> str:

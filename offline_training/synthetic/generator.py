@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import wave
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-from engines.media.encode import write_mp4
+from engines.media.encode import write_mp4, write_wav
 from offline_training.synthetic.face_animation import (
     astronaut,
     frame_from_portrait,
@@ -66,16 +65,6 @@ def generate_talking_face(seed: int, duration_s: float, size: int = 256, fps: fl
     return SyntheticClip(
         frames=frames, audio=speech.audio, mouth_opening=opening, fps=fps, sample_rate_hz=SAMPLE_RATE_HZ
     )
-
-
-def write_wav(path: Path, audio: npt.NDArray[np.float32], sample_rate_hz: int) -> None:
-    """Write (S,) float32 mono audio as a 16-bit PCM WAV."""
-    pcm = np.clip(np.round(audio * 32767.0), -32768, 32767).astype("<i2")
-    with wave.open(str(path), "wb") as handle:
-        handle.setnchannels(1)
-        handle.setsampwidth(2)
-        handle.setframerate(sample_rate_hz)
-        handle.writeframes(pcm.tobytes())
 
 
 def write_talking_face(path: str | Path, clip: SyntheticClip, audio_path: str | Path | None = None) -> None:
