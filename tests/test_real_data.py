@@ -105,3 +105,25 @@ def test_full_frame_address_video_crops_the_face_and_pastes_back(
     original = frame[y0 + size // 4 : y0 + 3 * size // 4, x0 + size // 4 : x0 + 3 * size // 4].astype(float)
     assert np.abs(inner - original).mean() < 4.0
     assert (restored[:, : max(0, x0 - 1)] == frame[:, : max(0, x0 - 1)]).all()
+
+
+def test_prepare_with_the_68_point_onnx_tracker(shared_data_dir: Path, tmp_path: Path) -> None:
+    video = sorted((shared_data_dir / "real" / "hdtf").glob("*.mp4"))[0]
+    out = tmp_path / "ibug"
+    prepare_dataset(
+        PrepareSettings(
+            video=video,
+            out=out,
+            tracker="onnx68",
+            tracker_model=shared_data_dir / "landmarks" / "pfld.onnx",
+            render_size=128,
+            show_progress=False,
+        )
+    )
+    dataset = AvatarDataset.open(out)
+    assert dataset.manifest.tracker.layout == "ibug68" and dataset.manifest.face_model.planar
+    assert dataset.landmarks.shape[1:] == (68, 3)
+    assert set(range(48, 68)) <= set(dataset.face_model.mouth_region.tolist())
+    assert _explained_variance(dataset) >= 0.95
+    shape = dataset.face_shape(10)
+    assert (shape[..., :3].sum(-1) > 0).mean() > 0.1 and shape[..., 3].sum() >= 0
