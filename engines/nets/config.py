@@ -1,0 +1,148 @@
+"""Sizes of the networks. Every size is configuration; three presets cover the uses.
+
+- ``paper``: the paper's renderer at 256x256 (features 64x64x256, p = 4, d = 512, N = 4); GPU.
+- ``small``: 128x128, real time on a 2-core CPU through ONNX Runtime.
+- ``tiny``: 64x64, seconds per training step on a CPU; for tests.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+AttentionMode = Literal["full", "block_causal"]
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AudioToExpressionConfig(_Config):
+    """Transformer-S2A-like audio-to-mouth-parameters model.
+
+    Attributes:
+        n_mels: audio feature bands.
+        features_per_frame: audio feature rows per video frame (4 at 25 fps, 10 ms hop).
+        context_frames: audio frames on each side folded into a frame's token (local context).
+        d_model, layers, heads: transformer size.
+        lookahead_frames: L, how many future video frames a frame may attend to (80 ms at L = 2).
+        mouth_dims: Em, output parameters.
+        dropout: dropout probability in training.
+    """
+
+    n_mels: int = 80
+    features_per_frame: int = 4
+    context_frames: int = 1
+    d_model: int = 128
+    layers: int = 3
+    heads: int = 4
+    lookahead_frames: int = Field(2, ge=0)
+    mouth_dims: int = 32
+    dropout: float = 0.1
+
+
+class SmoothingConfig(_Config):
+    """Adaptive smoothing (Table I): 4 x Conv1D-BN-ReLU (32, 32, 16, 16), Conv1D-Sigmoid to K.
+
+    Attributes:
+        width: K, frames mixed per output frame (odd).
+        channels: hidden widths of the four Conv1D-BN-ReLU layers.
+        kernel_size: temporal kernel of every layer.
+        lookahead_frames: the causal form's look-ahead (the audio model's L).
+    """
+
+    width: int = Field(5, ge=1)
+    channels: tuple[int, int, int, int] = (32, 32, 16, 16)
+    kernel_size: int = 3
+    lookahead_frames: int = Field(2, ge=0)
+
+
+class RendererConfig(_Config):
+    """The StableFace renderer.
+
+    Attributes:
+        image_size: side of the crop it renders.
+        in_channels: eroded reference (3) + face shape (4).
+        base_channels: width of the first conv; features have 4x this after two stride-2 convs.
+        residual_blocks: residual blocks after the encoder.
+        audio_dim: per-frame audio input (features_per_frame x n_mels), for the fusion module.
+        patch_grid: p, each frame's feature map is cut into p x p patches.
+        token_dim: d, width of the transformer tokens.
+        transformer_blocks: N.
+        heads: attention heads.
+        mlp_ratio: transformer feed-forward width over d.
+        use_audio_fusion, use_dependency: ablation switches (Table V).
+    """
+
+    image_size: int = 256
+    in_channels: int = 7
+    base_channels: int = 64
+    residual_blocks: int = 4
+    audio_dim: int = 320
+    patch_grid: int = 4
+    token_dim: int = 512
+    transformer_blocks: int = 4
+    heads: int = 8
+    mlp_ratio: float = 2.0
+    use_audio_fusion: bool = True
+    use_dependency: bool = True
+
+
+class ModelConfig(_Config):
+    """Everything that shapes an avatar's networks and how they are run."""
+
+    preset: str
+    audio: AudioToExpressionConfig = AudioToExpressionConfig()
+    smoothing: SmoothingConfig = SmoothingConfig()
+    renderer: RendererConfig = RendererConfig()
+    sequence_length: int = Field(12, ge=1)
+    use_smoothing: bool = True
+    use_erosion_augmentation: bool = True
+
+    def with_mouth_dims(self, mouth_dims: int) -> ModelConfig:
+        """The same config for a face model with ``mouth_dims`` mouth parameters."""
+        return self.model_copy(update={"audio": self.audio.model_copy(update={"mouth_dims": mouth_dims})})
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "paper": ModelConfig(
+        preset="paper",
+        audio=AudioToExpressionConfig(d_model=256, layers=4, heads=4),
+        renderer=RendererConfig(
+            image_size=256,
+            base_channels=64,
+            residual_blocks=4,
+            patch_grid=4,
+            token_dim=512,
+            transformer_blocks=4,
+        ),
+    ),
+    "small": ModelConfig(
+        preset="small",
+        audio=AudioToExpressionConfig(d_model=128, layers=3, heads=4),
+        renderer=RendererConfig(
+            image_size=128,
+            base_channels=32,
+            residual_blocks=2,
+            patch_grid=4,
+            token_dim=256,
+            transformer_blocks=2,
+            heads=4,
+        ),
+    ),
+    "tiny": ModelConfig(
+        preset="tiny",
+        audio=AudioToExpressionConfig(d_model=32, layers=1, heads=2, dropout=0.0),
+        renderer=RendererConfig(
+            image_size=64,
+            base_channels=8,
+            residual_blocks=1,
+            patch_grid=4,
+            token_dim=32,
+            transformer_blocks=1,
+            heads=2,
+        ),
+        sequence_length=6,
+    ),
+}
