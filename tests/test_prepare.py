@@ -72,6 +72,7 @@ def test_prepare_builds_a_complete_dataset(dataset: AvatarDataset, clip) -> None
     assert dataset.frame(0).shape == (128, 128, 3)
     assert dataset.face_shape(5).shape == (128, 128, 4)
     assert dataset.mouth_mask(9).shape == (128, 128)
+    assert dataset.full_frame(99).shape == (256, 256, 3)
     assert dataset.mouth_params.shape == (100, 32)
     assert dataset.upper_params.shape == (100, 16)
     assert dataset.all_audio_features.shape == (400, 80)

@@ -55,6 +55,7 @@ logger = logging.getLogger(__name__)
 FPS = 25.0
 SAMPLE_RATE_HZ = 16_000
 PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1]
+JPEG_FULL = [cv2.IMWRITE_JPEG_QUALITY, 92]
 
 
 class PrepareSettings(BaseModel):
@@ -240,7 +241,7 @@ def _staging_folder(out: Path) -> Iterator[Path]:
         staging.parent.mkdir(parents=True, exist_ok=True)
         if staging.exists():
             shutil.rmtree(staging)
-        for sub in ("frames", "shapes", "masks"):
+        for sub in ("frames", "shapes", "masks", "full"):
             (staging / sub).mkdir(parents=True)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
@@ -383,6 +384,11 @@ def _write_images(
             with watch.stage("write_images"):
                 pending.append(
                     writer.submit(cv2.imwrite, str(staging / "frames" / name), crop[..., ::-1], PNG_FAST)
+                )
+                pending.append(
+                    writer.submit(
+                        cv2.imwrite, str(staging / "full" / f"{position:06d}.jpg"), frame[..., ::-1], JPEG_FULL
+                    )
                 )
                 pending.append(
                     writer.submit(

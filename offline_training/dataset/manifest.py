@@ -6,6 +6,7 @@ Layout of a dataset folder (schema 1)::
     frames/000000.png        RGB crops at render_size, one per kept frame
     shapes/000000.png        face-shape images (RGBA: canonical code xyz, inner-mouth mask)
     masks/000000.png         mouth masks for erosion (L, 255 inside)
+    full/000000.jpg          the full source frames (JPEG q92), for pasting renders back
     arrays.safetensors       per-frame arrays (see DatasetArrays in reader.py)
     face_model.safetensors   the per-avatar face model
     audio.wav                16 kHz mono speech, trimmed to the video

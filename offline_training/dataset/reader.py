@@ -148,6 +148,17 @@ class AvatarDataset:
         image = self._image("shapes", index, cv2.IMREAD_UNCHANGED)
         return (image[..., [2, 1, 0, 3]].astype(np.float32) / 255.0).astype(np.float32)
 
+    def full_frame_path(self, index: int) -> Path:
+        """Path of the full source frame (JPEG) of kept frame ``index``."""
+        return self.root / "full" / f"{index:06d}.jpg"
+
+    def full_frame(self, index: int) -> npt.NDArray[np.uint8]:
+        """(H, W, 3) uint8 RGB full source frame of kept frame ``index``."""
+        image = cv2.imread(str(self.full_frame_path(index)), cv2.IMREAD_COLOR)
+        if image is None:
+            raise InputError(f"{self.full_frame_path(index)}: missing or unreadable")
+        return np.ascontiguousarray(image[..., ::-1])
+
     def mouth_mask(self, index: int) -> npt.NDArray[np.uint8]:
         """(S, S) uint8, 255 inside the erosion region."""
         return self._image("masks", index, cv2.IMREAD_GRAYSCALE)

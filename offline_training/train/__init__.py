@@ -1,0 +1,1 @@
+"""Training the avatar networks (``stableface train``): data, augmented erosion, losses, trainer."""
