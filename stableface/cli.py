@@ -25,7 +25,6 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 ROADMAP = {
-    "train": (3, "Models and training"),
     "eval": (4, "Evaluation: MSI and the paper's metrics"),
     "export": (5, "Inference engines: ONNX export, ONNX Runtime and TensorRT"),
     "serve": (7, "Serving: WebRTC server and browser client"),
@@ -79,6 +78,84 @@ def _validated(model: type[SettingsT], **values: object) -> SettingsT:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         raise StableFaceError(f"invalid {where}: {first['msg']}") from exc
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from offline_training.train.settings import TrainSettings
+    from offline_training.train.trainer import Trainer
+
+    settings = _validated(
+        TrainSettings,
+        dataset=args.dataset,
+        out=args.out,
+        preset=args.preset,
+        stage=args.stage,
+        steps=args.steps,
+        epochs=args.epochs,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        device=args.device,
+        batch_size=args.batch_size,
+        vgg_weights=args.vgg_weights,
+        val_every=args.val_every,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+        audio_fusion=not args.no_audio_fusion,
+        smoothing=not args.no_smoothing,
+        erosion=not args.no_erosion,
+        dependency=not args.no_dependency,
+        show_progress=not args.quiet,
+    )
+    if settings.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise StableFaceError("--device cuda: no CUDA device is available (torch sees none)")
+    report = Trainer(settings).run()
+    print(f"avatar: {report.out}")
+    print("  steps: " + ", ".join(f"{stage} {count}" for stage, count in report.steps.items()))
+    if report.validation:
+        print(
+            "  validation: "
+            + ", ".join(f"{k.removeprefix('val/')} {v:.4f}" for k, v in report.validation.items())
+        )
+    print(f"  {report.seconds:.0f} s")
+    return 0
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    from engines.bundle import AvatarBundle
+    from engines.media.decode import load_audio
+    from engines.media.encode import write_mp4
+    from engines.offline_render import render_frames
+
+    if args.out.exists() and not args.overwrite:
+        raise StableFaceError(f"{args.out}: already exists; pass --overwrite to replace it")
+    if not args.out.parent.is_dir():
+        raise StableFaceError(f"{args.out.parent}: no such folder")
+    bundle = AvatarBundle.load(args.avatar, device=args.device)
+    audio = load_audio(args.audio, bundle.manifest.sample_rate_hz)
+    if len(audio) == 0 or not np.isfinite(audio).all():
+        raise StableFaceError(f"{args.audio}: no usable audio samples")
+    frames = int(np.ceil(len(audio) * bundle.manifest.fps / bundle.manifest.sample_rate_hz))
+    partial = args.out.with_name(f".{args.out.stem}.partial{args.out.suffix}")
+    try:
+        with tqdm(total=frames, desc="render", unit="frame", disable=args.quiet, leave=False) as bar:
+            count = write_mp4(
+                partial,
+                render_frames(bundle, audio, paste=not args.crop_only, progress=bar.update),
+                bundle.manifest.fps,
+                audio,
+                bundle.manifest.sample_rate_hz,
+            )
+        partial.replace(args.out)
+    finally:
+        partial.unlink(missing_ok=True)
+    print(f"video: {args.out} ({count} frames, {count / bundle.manifest.fps:.2f} s, with audio)")
+    return 0
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -159,6 +236,72 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     prepare.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     prepare.set_defaults(handler=_cmd_prepare)
+
+    train = sub.add_parser(
+        "train",
+        help="train an avatar from a dataset made by prepare",
+        description="Train the audio-to-expression model, the StableFace renderer and adaptive smoothing "
+        "on a dataset from `stableface prepare`, validating on the held-out last 20%% of the video, and "
+        "write a self-contained avatar bundle to --out (checkpoints, TensorBoard logs and samples go "
+        "to OUT/training). Run several processes with torchrun for DistributedDataParallel.",
+    )
+    train.add_argument("dataset", type=Path, help="dataset folder from stableface prepare")
+    train.add_argument("--out", type=Path, required=True, help="avatar folder to write")
+    train.add_argument(
+        "--preset", choices=["paper", "small", "tiny"], default="small", help="model size (default small)"
+    )
+    train.add_argument(
+        "--stage",
+        choices=["a2e", "renderer", "joint", "all"],
+        default="all",
+        help="what to train (default all)",
+    )
+    length = train.add_mutually_exclusive_group()
+    length.add_argument(
+        "--steps", type=_positive_int, help="optimiser steps per stage (joint: a fifth with --stage all)"
+    )
+    length.add_argument("--epochs", type=_positive_float, help="passes over the training sequences per stage")
+    train.add_argument(
+        "--resume", action="store_true", help="continue from the newest checkpoint in OUT/training"
+    )
+    train.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    train.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    train.add_argument("--batch-size", type=_positive_int, default=2, help="sequences per step (default 2)")
+    train.add_argument(
+        "--vgg-weights", type=Path, help="VGG19 weights for the perceptual loss (.pth or .safetensors)"
+    )
+    train.add_argument(
+        "--val-every", type=_positive_int, default=200, help="validate every N steps (default 200)"
+    )
+    train.add_argument(
+        "--checkpoint-every", type=_positive_int, default=500, help="checkpoint every N steps (default 500)"
+    )
+    train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    train.add_argument(
+        "--no-audio-fusion", action="store_true", help="ablation: renderer without audio fusion"
+    )
+    train.add_argument("--no-smoothing", action="store_true", help="ablation: no adaptive smoothing")
+    train.add_argument("--no-erosion", action="store_true", help="ablation: no augmented erosion")
+    train.add_argument("--no-dependency", action="store_true", help="ablation: no dependency modelling")
+    train.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(handler=_cmd_train)
+
+    render = sub.add_parser(
+        "render",
+        help="render a speech file with an avatar into an MP4",
+        description="Drive an avatar with a whole speech file offline (centred adaptive smoothing) and write "
+        "an H.264 + AAC MP4 with the speech as its sound track.",
+    )
+    render.add_argument("avatar", type=Path, help="avatar folder from stableface train")
+    render.add_argument("audio", type=Path, help="speech (any format FFmpeg reads)")
+    render.add_argument("--out", type=Path, required=True, help="MP4 file to write")
+    render.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    render.add_argument(
+        "--crop-only", action="store_true", help="write the rendered face crop, not the full frame"
+    )
+    render.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    render.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    render.set_defaults(handler=_cmd_render)
 
     synth = sub.add_parser(
         "synth",

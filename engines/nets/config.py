@@ -24,7 +24,6 @@ class AudioToExpressionConfig(_Config):
     Attributes:
         n_mels: audio feature bands.
         features_per_frame: audio feature rows per video frame (4 at 25 fps, 10 ms hop).
-        context_frames: audio frames on each side folded into a frame's token (local context).
         d_model, layers, heads: transformer size.
         lookahead_frames: L, how many future video frames a frame may attend to (80 ms at L = 2).
         mouth_dims: Em, output parameters.
@@ -33,7 +32,6 @@ class AudioToExpressionConfig(_Config):
 
     n_mels: int = 80
     features_per_frame: int = 4
-    context_frames: int = 1
     d_model: int = 128
     layers: int = 3
     heads: int = 4

@@ -387,7 +387,10 @@ def _write_images(
                 )
                 pending.append(
                     writer.submit(
-                        cv2.imwrite, str(staging / "full" / f"{position:06d}.jpg"), frame[..., ::-1], JPEG_FULL
+                        cv2.imwrite,
+                        str(staging / "full" / f"{position:06d}.jpg"),
+                        frame[..., ::-1],
+                        JPEG_FULL,
                     )
                 )
                 pending.append(

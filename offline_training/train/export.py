@@ -1,0 +1,92 @@
+"""Writing a trained avatar as a bundle (see :mod:`engines.bundle` for the format)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+from safetensors.numpy import save_file
+
+from engines.bundle import MANIFEST, AvatarNetworks, save_networks, write_manifest
+from engines.nets import ModelConfig
+from offline_training.dataset import AvatarDataset
+
+PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 3]
+BUNDLE_ENTRIES = ("weights", "reference", "face_model.safetensors")
+
+
+def export_bundle(
+    out: Path,
+    dataset: AvatarDataset,
+    config: ModelConfig,
+    networks: AvatarNetworks,
+    validation: dict[str, float],
+    steps: dict[str, int],
+) -> None:
+    """Write the bundle files into ``out`` (beside any training folder); ``avatar.json`` goes last,
+    so a folder without it is never mistaken for a finished avatar."""
+    staging = out / f".bundle-partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        _write_reference(staging, dataset, config.renderer.image_size)
+        save_networks(staging, networks)
+        shutil.copy2(dataset.root / "face_model.safetensors", staging / "face_model.safetensors")
+        (out / MANIFEST).unlink(missing_ok=True)
+        for entry in BUNDLE_ENTRIES:
+            target = out / entry
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+            (staging / entry).rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    source = dataset.manifest.source
+    training: dict[str, float | int | str] = {f"steps_{stage}": count for stage, count in steps.items()}
+    training.update({key.replace("/", "_"): value for key, value in validation.items()})
+    training["source_video_sha256"] = source.video_sha256
+    training["source_video_name"] = source.video_name
+    write_manifest(
+        out,
+        {
+            "name": dataset.root.name,
+            "model": config.model_dump(),
+            "fps": dataset.manifest.fps,
+            "sample_rate_hz": dataset.manifest.sample_rate_hz,
+            "crop_box": dataset.manifest.crop_box,
+            "full_frame_size": (source.video_width, source.video_height),
+            "reference_frames": len(dataset),
+            "audio_stats": {
+                "mean": dataset.manifest.audio_features.mean,
+                "std": dataset.manifest.audio_features.std,
+            },
+            "training": training,
+        },
+    )
+
+
+def _write_reference(staging: Path, dataset: AvatarDataset, size: int) -> None:
+    reference = staging / "reference"
+    (reference / "crops").mkdir(parents=True)
+    (reference / "full").mkdir()
+    save_file(
+        {
+            "mouth_params": dataset.mouth_params,
+            "upper_params": dataset.upper_params,
+            "pose_scale": dataset.pose.scale,
+            "pose_rotation": dataset.pose.rotation,
+            "pose_translation": dataset.pose.translation,
+            "landmarks": dataset.landmarks,
+            "source_frame_index": dataset.source_frame_index,
+        },
+        str(reference / "arrays.safetensors"),
+    )
+    for index in range(len(dataset)):
+        crop = dataset.frame(index)
+        if crop.shape[0] != size:
+            crop = np.asarray(cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA), dtype=np.uint8)
+        cv2.imwrite(str(reference / "crops" / f"{index:06d}.png"), crop[..., ::-1], PNG_FAST)
+        shutil.copy2(dataset.full_frame_path(index), reference / "full" / f"{index:06d}.jpg")

@@ -1,0 +1,418 @@
+"""``stableface train``: the two-stage schedule of the paper, checkpoints, validation, the bundle.
+
+Stages: ``a2e`` (audio-to-expression), ``renderer`` (renderer + discriminator, face shapes as
+they are), ``joint`` (renderer with adaptive smoothing, smoothing at a much smaller learning
+rate). Validation uses the held-out tail of the video (never trained on). Checkpoints are written
+every ``checkpoint_every`` steps and at the end of each stage; ``--resume`` continues from the
+newest. Only rank 0 writes when several processes train under ``torchrun``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from engines.bundle import AvatarNetworks, build_networks
+from engines.errors import InputError, OutputError
+from engines.nets import PRESETS, ModelConfig
+from offline_training.dataset import AvatarDataset
+from offline_training.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from offline_training.train.data import AudioWindows, RendererBatch, RendererSamples
+from offline_training.train.discriminator import PatchDiscriminator
+from offline_training.train.distributed import DistributedContext, unwrap
+from offline_training.train.erosion import ErosionSettings
+from offline_training.train.export import export_bundle
+from offline_training.train.losses import (
+    PerceptualLoss,
+    discriminator_loss,
+    generator_adversarial_loss,
+    masked_l1,
+    ssim,
+)
+from offline_training.train.settings import Stage, TrainSettings
+
+logger = logging.getLogger(__name__)
+
+VALIDATION_SEQUENCES = 4
+VALIDATION_WINDOWS = 8
+DISCRIMINATOR_SIZES = {"paper": (64, 3), "small": (32, 3), "tiny": (16, 2)}
+
+
+@dataclass
+class TrainReport:
+    """What a training run did."""
+
+    out: Path
+    steps: dict[str, int] = field(default_factory=dict)
+    validation: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def model_config_for(settings: TrainSettings, mouth_dims: int) -> ModelConfig:
+    """The preset, sized for the dataset's face model, with the ablation switches applied."""
+    if settings.preset not in PRESETS:
+        raise InputError(f"unknown preset {settings.preset!r}; choose one of {', '.join(PRESETS)}")
+    config = PRESETS[settings.preset].with_mouth_dims(mouth_dims)
+    renderer = config.renderer.model_copy(
+        update={"use_audio_fusion": settings.audio_fusion, "use_dependency": settings.dependency}
+    )
+    return config.model_copy(
+        update={
+            "renderer": renderer,
+            "use_smoothing": settings.smoothing,
+            "use_erosion_augmentation": settings.erosion,
+        }
+    )
+
+
+class Trainer:
+    """Trains one avatar from one dataset."""
+
+    def __init__(self, settings: TrainSettings) -> None:
+        self.settings = settings
+        self.context = DistributedContext.from_environment(settings.device)
+        self.device = self.context.device
+        self.dataset = AvatarDataset.open(settings.dataset)
+        self.config = model_config_for(settings, self.dataset.face_model.mouth_dims)
+        torch.manual_seed(settings.seed)
+        self.rng = np.random.default_rng(settings.seed + 1000 * self.context.rank)
+        self.networks: AvatarNetworks = build_networks(self.config).to(self.device)
+        self.networks.smoothing.set_form_preference(causal=False)
+        base, layers = DISCRIMINATOR_SIZES.get(settings.preset, (32, 3))
+        self.discriminator = PatchDiscriminator(base, layers).to(self.device)
+        self.perceptual = PerceptualLoss(settings.vgg_weights).to(self.device)
+        split = self.dataset.split(settings.validation_fraction)
+        size, length = self.config.renderer.image_size, self.config.sequence_length
+        erosion = ErosionSettings() if self.config.use_erosion_augmentation else None
+        augment = self.config.use_erosion_augmentation
+        self.train_samples = RendererSamples(self.dataset, split.train, length, size, augment, erosion)
+        self.val_samples = RendererSamples(self.dataset, split.validation, length, size, augment=False)
+        window = min(settings.audio_window_frames, max(4, len(split.validation) // 2))
+        self.train_audio = AudioWindows(self.dataset, split.train, window)
+        self.val_audio = AudioWindows(self.dataset, split.validation, window)
+        self.training_dir = settings.out / "training"
+        self.checkpoints = self.training_dir / "checkpoints"
+        self.optimizers = self._optimizers()
+        self.completed: list[Stage] = []
+        self.stage_steps: dict[str, int] = {}
+        self.writer: Any = None
+
+    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        nets, s = self.networks, self.settings
+        return {
+            "a2e": torch.optim.AdamW(nets.audio2expression.parameters(), lr=s.audio_lr, weight_decay=1e-4),
+            "renderer": torch.optim.Adam(nets.renderer.parameters(), lr=s.renderer_lr, betas=(0.5, 0.999)),
+            "discriminator": torch.optim.Adam(
+                self.discriminator.parameters(), lr=s.renderer_lr, betas=(0.5, 0.999)
+            ),
+            "smoothing": torch.optim.Adam(nets.smoothing.parameters(), lr=s.smoothing_lr),
+        }
+
+    def _modules(self) -> dict[str, nn.Module]:
+        return {
+            "audio2expression": self.networks.audio2expression,
+            "renderer": self.networks.renderer,
+            "smoothing": self.networks.smoothing,
+            "discriminator": self.discriminator,
+        }
+
+    def steps_for(self, stage: Stage) -> int:
+        """Steps of a stage from --steps or --epochs (an epoch: every training sequence once)."""
+        s = self.settings
+        if s.steps is not None:
+            base = s.steps
+        else:
+            epochs = s.epochs if s.epochs is not None else 1.0
+            pool = self.train_audio.starts if stage == "a2e" else self.train_samples.starts
+            base = max(1, math.ceil(epochs * len(pool) / (s.batch_size * self.context.world_size)))
+        return max(1, base // 5) if stage == "joint" and s.stage == "all" else base
+
+    def _autocast(self) -> AbstractContextManager[Any]:
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    # ---------------------------------------------------------------- steps
+
+    def _a2e_step(self, model: nn.Module) -> dict[str, float]:
+        audio, target = self.train_audio.batch(self.settings.batch_size, self.rng)
+        audio = audio.to(self.device) + 0.1 * torch.randn_like(audio, device=self.device)
+        target = target.to(self.device)
+        with self._autocast():
+            prediction = model(audio).float()
+        loss = _expression_loss(prediction, target)
+        optimizer = self.optimizers["a2e"]
+        optimizer.zero_grad(set_to_none=True)
+        torch.autograd.backward(loss)
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        return {"a2e/loss": float(loss.detach())}
+
+    def _render(self, renderer: nn.Module, smoothing: nn.Module | None, batch: RendererBatch) -> Tensor:
+        shapes = batch.shapes
+        if smoothing is not None:
+            shapes = smoothing(shapes, batch.params, causal=bool(self.rng.uniform() < 0.5))
+        result: Tensor = renderer(batch.eroded, shapes, batch.audio)
+        return result
+
+    def _renderer_step(
+        self, renderer: nn.Module, smoothing: nn.Module | None, discriminator: nn.Module
+    ) -> dict[str, float]:
+        s = self.settings
+        batch = self.train_samples.batch(s.batch_size, self.rng).to(self.device)
+        with self._autocast():
+            prediction = self._render(renderer, smoothing, batch).float()
+        flat_prediction, flat_target = prediction.flatten(0, 1), batch.target.flatten(0, 1)
+        l1 = masked_l1(prediction, batch.target, batch.weights)
+        perceptual = self.perceptual(flat_prediction, flat_target)
+        plain_discriminator = unwrap(discriminator)
+        adversarial = generator_adversarial_loss(plain_discriminator(flat_prediction))
+        loss = s.lambda_rec * (l1 + perceptual) + s.lambda_adv * adversarial
+        generator_optimizers = [self.optimizers["renderer"]] + (
+            [self.optimizers["smoothing"]] if smoothing else []
+        )
+        for optimizer in generator_optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        torch.autograd.backward(loss)
+        nn.utils.clip_grad_norm_(renderer.parameters(), 5.0)
+        for optimizer in generator_optimizers:
+            optimizer.step()
+        # Discriminator (Eq. 6) on real and generated frames in one forward pass.
+        d_optimizer = self.optimizers["discriminator"]
+        d_optimizer.zero_grad(set_to_none=True)
+        logits = discriminator(torch.cat([flat_target, flat_prediction.detach()]))
+        real, fake = logits.chunk(2)
+        d_loss = discriminator_loss(real, fake)
+        torch.autograd.backward(d_loss)
+        d_optimizer.step()
+        return {
+            "renderer/l1": float(l1.detach()),
+            "renderer/perceptual": float(perceptual.detach()),
+            "renderer/adversarial": float(adversarial.detach()),
+            "renderer/total": float(loss.detach()),
+            "discriminator/loss": float(d_loss.detach()),
+        }
+
+    # ---------------------------------------------------------------- validation
+
+    @torch.no_grad()
+    def validate(self, stage: Stage, step: int) -> dict[str, float]:
+        """Metrics on the held-out tail, and sample images under ``training/samples``."""
+        nets = self.networks
+        for module in (nets.audio2expression, nets.renderer, nets.smoothing):
+            module.eval()
+        metrics: dict[str, float] = {}
+        starts = self.val_audio.starts[
+            np.linspace(0, len(self.val_audio.starts) - 1, VALIDATION_WINDOWS).astype(int)
+        ]
+        audio, target = self.val_audio.windows(starts)
+        prediction = nets.audio2expression(audio.to(self.device)).float().cpu()
+        metrics["val/a2e_l1"] = float((prediction - target).abs().mean())
+        if stage != "a2e":
+            l1s: list[float] = []
+            ssims: list[float] = []
+            rows: list[np.ndarray[Any, Any]] = []
+            for start in self.val_samples.fixed(VALIDATION_SEQUENCES):
+                batch = self.val_samples.sample(start, None).to(self.device)
+                shapes = batch.shapes
+                if stage == "joint":
+                    shapes = nets.smoothing(shapes, batch.params)
+                rendered = nets.renderer(batch.eroded, shapes, batch.audio).float()
+                l1s.append(float((rendered - batch.target).abs().mean()))
+                ssims.append(
+                    float(ssim((rendered.flatten(0, 1) + 1) / 2, (batch.target.flatten(0, 1) + 1) / 2).mean())
+                )
+                rows.append(_sample_row(batch, shapes, rendered, len(rows)))
+            metrics["val/l1"] = float(np.mean(l1s))
+            metrics["val/ssim"] = float(np.mean(ssims))
+            samples = self.training_dir / "samples"
+            samples.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(samples / f"{stage}-step{step:06d}.png"), np.concatenate(rows)[..., ::-1])
+        for module in (nets.audio2expression, nets.renderer, nets.smoothing):
+            module.train()
+        return metrics
+
+    # ---------------------------------------------------------------- bookkeeping
+
+    def _log(self, values: dict[str, float], stage: Stage, step: int) -> None:
+        if not self.context.is_main:
+            return
+        if self.writer is not None:
+            global_step = sum(self.stage_steps.get(s, 0) for s in self.completed) + step
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, global_step)
+        with (self.training_dir / "metrics.jsonl").open("a") as handle:
+            handle.write(json.dumps({"stage": stage, "step": step, **values}) + "\n")
+
+    def _checkpoint(self, stage: Stage, step: int) -> None:
+        if not self.context.is_main:
+            return
+        meta = {
+            "stage": stage,
+            "step": step,
+            "completed": self.completed,
+            "stage_steps": self.stage_steps,
+            "rng": self.rng.bit_generator.state,
+            "preset": self.settings.preset,
+        }
+        save_checkpoint(
+            self.checkpoints / f"step-{len(self.completed)}-{step:08d}.safetensors",
+            self._modules(),
+            self.optimizers,
+            meta,
+        )
+        for old in sorted(self.checkpoints.glob("step-*.safetensors"))[:-2]:
+            old.unlink()
+
+    def _prepare_output(self) -> tuple[Stage | None, int]:
+        """Create or check the output folder; on resume, restore the newest checkpoint."""
+        out = self.settings.out
+        if self.settings.resume:
+            found = latest_checkpoint(self.checkpoints)
+            if found is None:
+                raise InputError(f"--resume: no checkpoint in {self.checkpoints}")
+            meta = load_checkpoint(found, self._modules(), self.optimizers)
+            if meta.get("preset") != self.settings.preset:
+                raise InputError(
+                    f"{found}: trained with preset {meta.get('preset')!r}, not {self.settings.preset!r}"
+                )
+            self.completed = list(meta["completed"])
+            self.stage_steps = dict(meta["stage_steps"])
+            self.rng.bit_generator.state = meta["rng"]
+            logger.info("resuming %s at step %d from %s", meta["stage"], meta["step"], found)
+            return meta["stage"], int(meta["step"])
+        if out.exists() and any(out.iterdir()):
+            if not self.settings.overwrite:
+                raise OutputError(
+                    f"{out}: already exists; choose another --out, or pass --overwrite or --resume"
+                )
+            if self.context.is_main:
+                shutil.rmtree(out)
+        self.context.barrier()
+        if self.context.is_main:
+            try:
+                self.checkpoints.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OutputError(f"{out}: cannot write there ({exc.strerror or exc})") from exc
+        self.context.barrier()
+        return None, 0
+
+    def _open_writer(self) -> None:
+        if not self.context.is_main:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            logger.warning("tensorboard is not installed: metrics go to training/metrics.jsonl only")
+            return
+        self.writer = SummaryWriter(str(self.training_dir / "logs"))
+
+    # ---------------------------------------------------------------- run
+
+    def _stage_modules(self, stage: Stage) -> tuple[nn.Module, nn.Module | None, nn.Module]:
+        nets, wrap = self.networks, self.context.wrap
+        if stage == "a2e":
+            return wrap(nets.audio2expression), None, self.discriminator
+        smoothing = wrap(nets.smoothing) if stage == "joint" else None
+        return wrap(nets.renderer), smoothing, wrap(self.discriminator)
+
+    def _run_stage(self, stage: Stage, first_step: int) -> None:
+        total = self.steps_for(stage)
+        self.stage_steps[stage] = total
+        model, smoothing, discriminator = self._stage_modules(stage)
+        for module in (
+            self.networks.audio2expression,
+            self.networks.renderer,
+            self.networks.smoothing,
+            self.discriminator,
+        ):
+            module.train()
+        bar = tqdm(
+            total=total,
+            initial=first_step,
+            desc=stage,
+            unit="step",
+            disable=not (self.settings.show_progress and self.context.is_main),
+        )
+        with bar:
+            for step in range(first_step + 1, total + 1):
+                if stage == "a2e":
+                    values = self._a2e_step(model)
+                else:
+                    values = self._renderer_step(model, smoothing, discriminator)
+                bar.update(1)
+                bar.set_postfix(
+                    {k.split("/")[-1]: f"{v:.3f}" for k, v in values.items() if "total" in k or "a2e" in k}
+                )
+                if step % 10 == 0 or step == total:
+                    self._log(values, stage, step)
+                if self.context.is_main and (step % self.settings.val_every == 0 or step == total):
+                    self._log(self.validate(stage, step), stage, step)
+                if step % self.settings.checkpoint_every == 0 and step < total:
+                    self._checkpoint(stage, step)
+        self.completed.append(stage)
+        self._checkpoint(stage, total)
+
+    def run(self) -> TrainReport:
+        """Train every requested stage, then export the avatar bundle into ``out``."""
+        started = time.perf_counter()
+        resume_stage, resume_step = self._prepare_output()
+        self._open_writer()
+        try:
+            for stage in self.settings.stages():
+                if stage in self.completed:
+                    continue
+                self._run_stage(stage, resume_step if stage == resume_stage else 0)
+            final = (
+                self.validate(self.completed[-1], self.stage_steps[self.completed[-1]])
+                if self.context.is_main
+                else {}
+            )
+            if self.context.is_main:
+                export_bundle(
+                    self.settings.out, self.dataset, self.config, self.networks, final, self.stage_steps
+                )
+                (self.training_dir / "report.json").write_text(
+                    json.dumps({"validation": final, "steps": self.stage_steps}, indent=2)
+                )
+            self.context.barrier()
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+            self.context.close()
+        return TrainReport(self.settings.out, dict(self.stage_steps), final, time.perf_counter() - started)
+
+
+def _expression_loss(prediction: Tensor, target: Tensor) -> Tensor:
+    """L1 on parameters plus L1 on their frame-to-frame velocity (keeps motion smooth)."""
+    velocity = (prediction[:, 1:] - prediction[:, :-1]) - (target[:, 1:] - target[:, :-1])
+    return (prediction - target).abs().mean() + 0.5 * velocity.abs().mean()
+
+
+def _to_image(tensor: Tensor) -> np.ndarray[Any, Any]:
+    return np.clip((tensor.detach().float().cpu().permute(1, 2, 0).numpy() + 1) * 127.5, 0, 255).astype(
+        np.uint8
+    )
+
+
+def _sample_row(batch: RendererBatch, shapes: Tensor, rendered: Tensor, index: int) -> np.ndarray[Any, Any]:
+    """One validation sample: eroded input | face shape | rendered | ground truth, middle frame."""
+    t = batch.eroded.shape[1] // 2
+    shape = _to_image(shapes[0, t, :3] * 2 - 1)
+    return np.concatenate(
+        [_to_image(batch.eroded[0, t]), shape, _to_image(rendered[0, t]), _to_image(batch.target[0, t])],
+        axis=1,
+    )
