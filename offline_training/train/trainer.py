@@ -59,6 +59,7 @@ class TrainReport:
     steps: dict[str, int] = field(default_factory=dict)
     validation: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    resumed_at: tuple[str, int] | None = None
 
 
 def model_config_for(settings: TrainSettings, mouth_dims: int) -> ModelConfig:
@@ -393,7 +394,8 @@ class Trainer:
             if self.writer is not None:
                 self.writer.close()
             self.context.close()
-        return TrainReport(self.settings.out, dict(self.stage_steps), final, time.perf_counter() - started)
+        resumed = (resume_stage, resume_step) if resume_stage is not None else None
+        return TrainReport(self.settings.out, dict(self.stage_steps), final, time.perf_counter() - started, resumed)
 
 
 def _expression_loss(prediction: Tensor, target: Tensor) -> Tensor:
