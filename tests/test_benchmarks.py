@@ -29,3 +29,14 @@ def test_prepare_speed_quick_writes_json_and_markdown(tmp_path: Path) -> None:
     track = summary["stages"]["track"]
     assert track["calls"] == 100 and track["ms_per_call_p50"] <= track["ms_per_call_p99"]
     assert (tmp_path / result_file.name.replace(".json", ".md")).read_text().startswith("# prepare speed")
+
+
+def test_train_speed_quick_counts_flops_of_every_preset(tmp_path: Path) -> None:
+    module = _load("train_speed")
+    assert module.main(["--quick", "--results", str(tmp_path)]) == 0
+    [result_file] = tmp_path.glob("train_speed-*-quick.json")
+    presets = json.loads(result_file.read_text())["presets"]
+    assert presets["tiny"]["training"]["train_frames_per_s_p50"] > 0
+    flops = {name: row["flops"]["renderer_gflop_per_frame"] for name, row in presets.items()}
+    assert flops["tiny"] < flops["small"] < flops["paper"]
+    assert 80 < flops["paper"] < 130  # DESIGN.md: about 100 GFLOP a rendered frame for the paper preset

@@ -50,7 +50,9 @@ def _settings(dataset: Path, out: Path, **overrides: object) -> TrainSettings:
 
 
 def test_tiny_training_makes_validation_loss_fall(synthetic_dataset: Path, tmp_path: Path) -> None:
-    untrained = Trainer(_settings(synthetic_dataset, tmp_path / "untrained", steps=1))  # same seed, same weights
+    untrained = Trainer(
+        _settings(synthetic_dataset, tmp_path / "untrained", steps=1)
+    )  # same seed, same weights
     untrained.training_dir.mkdir(parents=True)
     before = untrained.validate("renderer", 0)
     report = Trainer(_settings(synthetic_dataset, tmp_path / "avatar", stage="all", steps=60)).run()

@@ -1,6 +1,7 @@
 """Sizes of the networks. Every size is configuration; three presets cover the uses.
 
-- ``paper``: the paper's renderer at 256x256 (features 64x64x256, p = 4, d = 512, N = 4); GPU.
+- ``paper``: the paper's renderer at 256x256 (8 residual blocks, features 64x64x256, p = 4,
+  d = 512, N = 4); GPU.
 - ``small``: 128x128, real time on a 2-core CPU through ONNX Runtime.
 - ``tiny``: 64x64, seconds per training step on a CPU; for tests.
 """
@@ -110,7 +111,7 @@ PRESETS: dict[str, ModelConfig] = {
         renderer=RendererConfig(
             image_size=256,
             base_channels=64,
-            residual_blocks=4,
+            residual_blocks=8,
             patch_grid=4,
             token_dim=512,
             transformer_blocks=4,

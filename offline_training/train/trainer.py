@@ -395,7 +395,9 @@ class Trainer:
                 self.writer.close()
             self.context.close()
         resumed = (resume_stage, resume_step) if resume_stage is not None else None
-        return TrainReport(self.settings.out, dict(self.stage_steps), final, time.perf_counter() - started, resumed)
+        return TrainReport(
+            self.settings.out, dict(self.stage_steps), final, time.perf_counter() - started, resumed
+        )
 
 
 def _expression_loss(prediction: Tensor, target: Tensor) -> Tensor:

@@ -1,0 +1,56 @@
+"""Shared helpers of the benchmark scripts: machine description, percentiles, result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    return {
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def percentiles(values: list[float] | np.ndarray) -> dict[str, float]:
+    array = np.asarray(values, dtype=float)
+    return {f"p{q}": float(np.percentile(array, q)) for q in (50, 95, 99)}
+
+
+def today() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d")
+
+
+def write_results(folder: Path, name: str, result: dict[str, Any], markdown: str, quick: bool) -> Path:
+    """Write ``<name>-<date>[-quick].json`` and ``.md`` into ``folder``; returns the JSON path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"{name}-{result['date']}" + ("-quick" if quick else "")
+    (folder / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (folder / f"{stem}.md").write_text(markdown)
+    return folder / f"{stem}.json"

@@ -1,0 +1,185 @@
+"""Training speed per preset and FLOPs per rendered frame.
+
+For each preset, times full renderer training steps (renderer + adaptive smoothing forward and
+backward, MS-SSIM perceptual term, PatchGAN discriminator step) on random inputs of the preset's
+shape, and reports step time p50/p95/p99 and training frames per second; counts the FLOPs of one
+rendered frame (renderer forward over a window of T frames, divided by T) and of the
+audio-to-expression model with ``torch.utils.flop_counter`` on the meta device (no compute).
+Writes ``results/train_speed-<date>.json`` and ``.md``.
+
+    python benchmarks/train_speed.py [--presets tiny small paper] [--steps 5] [--device cpu] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import REPO, git_commit, machine, percentiles, today, write_results
+from engines.nets import PRESETS, AdaptiveSmoothing, AudioToExpression, Renderer
+from offline_training.train.discriminator import PatchDiscriminator
+from offline_training.train.losses import (
+    discriminator_loss,
+    generator_adversarial_loss,
+    masked_l1,
+    ms_ssim,
+)
+
+BATCH = 2
+
+
+def flops_per_frame(preset: str) -> dict[str, float]:
+    """GFLOPs of one rendered frame and of one audio-to-expression frame, counted on meta tensors."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    config = PRESETS[preset]
+    frames, size = config.sequence_length, config.renderer.image_size
+    with torch.device("meta"):
+        renderer = Renderer(config.renderer)
+        audio_model = AudioToExpression(config.audio)
+        inputs = (
+            torch.empty(1, frames, 3, size, size),
+            torch.empty(1, frames, 4, size, size),
+            torch.empty(1, frames, config.renderer.audio_dim),
+        )
+        audio = torch.empty(1, 100, config.audio.features_per_frame * config.audio.n_mels)
+        with FlopCounterMode(display=False) as counter:
+            renderer(*inputs)
+        render_flops = counter.get_total_flops() / frames
+        with FlopCounterMode(display=False) as counter:
+            audio_model(audio)
+        audio_flops = counter.get_total_flops() / 100
+    params = sum(p.numel() for p in Renderer(config.renderer).parameters()) if preset != "paper" else None
+    return {
+        "renderer_gflop_per_frame": render_flops / 1e9,
+        "audio2expression_gflop_per_frame": audio_flops / 1e9,
+        "renderer_params_m": (params / 1e6) if params is not None else _paper_params() / 1e6,
+    }
+
+
+def _paper_params() -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in Renderer(PRESETS["paper"].renderer).parameters())
+
+
+def time_training(preset: str, steps: int, device: torch.device) -> dict[str, Any]:
+    config = PRESETS[preset]
+    frames, size = config.sequence_length, config.renderer.image_size
+    torch.manual_seed(0)
+    renderer = Renderer(config.renderer).to(device)
+    smoothing = AdaptiveSmoothing(config.smoothing, config.audio.mouth_dims).to(device)
+    discriminator = PatchDiscriminator(32, 3).to(device)
+    g_opt = torch.optim.Adam([*renderer.parameters(), *smoothing.parameters()], lr=1e-4)
+    d_opt = torch.optim.Adam(discriminator.parameters(), lr=1e-4)
+    eroded = torch.rand(BATCH, frames, 3, size, size, device=device) * 2 - 1
+    shapes = torch.rand(BATCH, frames, 4, size, size, device=device)
+    audio = torch.randn(BATCH, frames, config.renderer.audio_dim, device=device)
+    params = torch.randn(BATCH, frames, config.audio.mouth_dims, device=device)
+    target = torch.rand(BATCH, frames, 3, size, size, device=device) * 2 - 1
+    weights = torch.ones(BATCH, frames, 1, size, size, device=device)
+    times = []
+    for step in range(steps + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        prediction = renderer(eroded, smoothing(shapes, params), audio)
+        flat, flat_target = prediction.flatten(0, 1), target.flatten(0, 1)
+        loss = 20 * (
+            masked_l1(prediction, target, weights) + 1 - ms_ssim((flat + 1) / 2, (flat_target + 1) / 2)
+        )
+        loss = loss + generator_adversarial_loss(discriminator(flat))
+        g_opt.zero_grad()
+        torch.autograd.backward(loss)
+        g_opt.step()
+        d_opt.zero_grad()
+        real, fake = discriminator(torch.cat([flat_target, flat.detach()])).chunk(2)
+        torch.autograd.backward(discriminator_loss(real, fake))
+        d_opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if step:  # the first step warms up allocators and kernels
+            times.append(time.perf_counter() - start)
+    step_ms = percentiles([1000 * t for t in times])
+    return {
+        "batch": BATCH,
+        "frames_per_step": BATCH * frames,
+        "steps_timed": len(times),
+        "step_ms": step_ms,
+        "train_frames_per_s_p50": BATCH * frames / (step_ms["p50"] / 1000),
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"# training speed — {result['date']}",
+        "",
+        f"Machine: {result['machine']['processor']} ({result['machine']['cpus']} CPUs, torch "
+        f"{result['machine']['torch']}, {result['machine']['torch_threads']} threads), "
+        f"device {result['device']}, commit {result['commit']}.",
+        "",
+        "| preset | renderer GFLOP/frame | a2e GFLOP/frame | renderer params (M) | step ms p50 | p95 | p99 "
+        "| train frames/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for preset, row in result["presets"].items():
+        timing = row.get("training")
+        timed = (
+            " | ".join(f"{timing['step_ms'][q]:.0f}" for q in ("p50", "p95", "p99"))
+            + f" | {timing['train_frames_per_s_p50']:.1f}"
+            if timing
+            else "— | — | — | —"
+        )
+        flops = row["flops"]
+        lines.append(
+            f"| {preset} | {flops['renderer_gflop_per_frame']:.2f} "
+            f"| {flops['audio2expression_gflop_per_frame']:.4f} "
+            f"| {flops['renderer_params_m']:.1f} | {timed} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=["tiny", "small", "paper"], choices=sorted(PRESETS))
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per preset (after one warm-up)")
+    parser.add_argument(
+        "--time-presets", nargs="+", help="presets to time (default: all given; FLOPs for all)"
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="FLOPs of every preset, 2 timed tiny steps")
+    parser.add_argument("--results", type=Path, default=REPO / "results")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    timed = ["tiny"] if args.quick else (args.time_presets or args.presets)
+    steps = 2 if args.quick else args.steps
+    presets: dict[str, Any] = {}
+    for preset in args.presets:
+        row: dict[str, Any] = {"flops": flops_per_frame(preset)}
+        if preset in timed:
+            row["training"] = time_training(preset, steps, device)
+        presets[preset] = row
+        print(f"{preset}: {row}", flush=True)
+    result = {
+        "name": "train_speed",
+        "date": today(),
+        "commit": git_commit(),
+        "machine": machine(),
+        "device": str(device),
+        "quick": args.quick,
+        "presets": presets,
+    }
+    text = markdown(result)
+    write_results(args.results, "train_speed", result, text, args.quick)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
