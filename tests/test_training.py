@@ -60,6 +60,7 @@ def test_tiny_training_makes_validation_loss_fall(synthetic_dataset: Path, tmp_p
     assert after["val/l1"] < 0.6 * before["val/l1"], (before, after)
     assert after["val/a2e_l1"] < 0.9 * before["val/a2e_l1"], (before, after)
     assert report.steps == {"a2e": 60, "renderer": 60, "joint": 12}
+    assert "val/mouth_landmark_distance" in after and 0 <= after["val/mouth_landmarks_found"] <= 1
     training = tmp_path / "avatar" / "training"
     assert list((training / "samples").glob("joint-step*.png"))
     assert list((training / "logs").iterdir())

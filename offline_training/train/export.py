@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from pathlib import Path
@@ -46,7 +47,8 @@ def export_bundle(
         shutil.rmtree(staging, ignore_errors=True)
     source = dataset.manifest.source
     training: dict[str, float | int | str] = {f"steps_{stage}": count for stage, count in steps.items()}
-    training.update({key.replace("/", "_"): value for key, value in validation.items()})
+    # JSON has no NaN: a metric that could not be measured is left out.
+    training.update({key.replace("/", "_"): value for key, value in validation.items() if math.isfinite(value)})
     training["source_video_sha256"] = source.video_sha256
     training["source_video_name"] = source.video_name
     write_manifest(

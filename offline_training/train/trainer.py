@@ -42,6 +42,7 @@ from offline_training.train.losses import (
     masked_l1,
     ssim,
 )
+from offline_training.train.metrics import mouth_landmark_distance
 from offline_training.train.settings import Stage, TrainSettings
 
 logger = logging.getLogger(__name__)
@@ -210,8 +211,11 @@ class Trainer:
     # ---------------------------------------------------------------- validation
 
     @torch.no_grad()
-    def validate(self, stage: Stage, step: int) -> dict[str, float]:
-        """Metrics on the held-out tail, and sample images under ``training/samples``."""
+    def validate(self, stage: Stage, step: int, final: bool = False) -> dict[str, float]:
+        """Metrics on the held-out tail, and sample images under ``training/samples``.
+
+        ``final`` adds the mouth-landmark distance (MediaPipe on rendered and true frames).
+        """
         nets = self.networks
         for module in (nets.audio2expression, nets.renderer, nets.smoothing):
             module.eval()
@@ -226,6 +230,8 @@ class Trainer:
             l1s: list[float] = []
             ssims: list[float] = []
             rows: list[np.ndarray[Any, Any]] = []
+            rendered_frames: list[np.ndarray[Any, Any]] = []
+            true_frames: list[np.ndarray[Any, Any]] = []
             for start in self.val_samples.fixed(VALIDATION_SEQUENCES):
                 batch = self.val_samples.sample(start, None).to(self.device)
                 shapes = batch.shapes
@@ -237,8 +243,14 @@ class Trainer:
                     float(ssim((rendered.flatten(0, 1) + 1) / 2, (batch.target.flatten(0, 1) + 1) / 2).mean())
                 )
                 rows.append(_sample_row(batch, shapes, rendered, len(rows)))
+                rendered_frames += [_to_image(frame) for frame in rendered[0]]
+                true_frames += [_to_image(frame) for frame in batch.target[0]]
             metrics["val/l1"] = float(np.mean(l1s))
             metrics["val/ssim"] = float(np.mean(ssims))
+            if final:
+                distance, found = mouth_landmark_distance(rendered_frames, true_frames)
+                metrics["val/mouth_landmark_distance"] = distance
+                metrics["val/mouth_landmarks_found"] = found
             samples = self.training_dir / "samples"
             samples.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(samples / f"{stage}-step{step:06d}.png"), np.concatenate(rows)[..., ::-1])
@@ -378,7 +390,7 @@ class Trainer:
                     continue
                 self._run_stage(stage, resume_step if stage == resume_stage else 0)
             final = (
-                self.validate(self.completed[-1], self.stage_steps[self.completed[-1]])
+                self.validate(self.completed[-1], self.stage_steps[self.completed[-1]], final=True)
                 if self.context.is_main
                 else {}
             )
