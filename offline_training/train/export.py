@@ -48,7 +48,9 @@ def export_bundle(
     source = dataset.manifest.source
     training: dict[str, float | int | str] = {f"steps_{stage}": count for stage, count in steps.items()}
     # JSON has no NaN: a metric that could not be measured is left out.
-    training.update({key.replace("/", "_"): value for key, value in validation.items() if math.isfinite(value)})
+    training.update(
+        {key.replace("/", "_"): value for key, value in validation.items() if math.isfinite(value)}
+    )
     training["source_video_sha256"] = source.video_sha256
     training["source_video_name"] = source.video_name
     write_manifest(
