@@ -51,3 +51,15 @@ def test_usage_errors_exit_with_two(capsys: pytest.CaptureFixture[str]) -> None:
         main(["prepare", "video.mp4", "--size", "-3", "--out", "x"])
     assert exit_info.value.code == 2
     assert "must be positive" in capsys.readouterr().err
+
+
+def test_train_and_render_refuse_bad_input_in_one_line(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", str(tmp_path), "--out", str(tmp_path / "avatar"), "--preset", "tiny"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "not a complete avatar dataset" in err
+    assert main(["train", str(tmp_path), "--out", str(tmp_path / "a"), "--device", "cuda:7"]) == 1
+    capsys.readouterr()
+    assert (
+        main(["render", str(tmp_path), str(tmp_path / "speech.wav"), "--out", str(tmp_path / "v.mp4")]) == 1
+    )
+    assert "not an avatar" in capsys.readouterr().err
