@@ -89,6 +89,12 @@ def test_resume_continues_from_the_same_step_with_the_same_result(
     b = AvatarBundle.load(tmp_path / "b").networks.renderer.state_dict()
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+    # A stage named explicitly is trained on top of the finished run; the renderer is kept.
+    again = Trainer(_settings(synthetic_dataset, tmp_path / "b", stage="a2e", steps=3, resume=True)).run()
+    assert again.steps["a2e"] == 3
+    after = AvatarBundle.load(tmp_path / "b").networks.renderer.state_dict()
+    for key in a:
+        torch.testing.assert_close(after[key], b[key])
 
 
 def test_resume_without_a_checkpoint_and_existing_out_are_clear_errors(

@@ -105,6 +105,8 @@ class Trainer:
         window = min(settings.audio_window_frames, max(4, len(split.validation) // 2))
         self.train_audio = AudioWindows(self.dataset, split.train, window)
         self.val_audio = AudioWindows(self.dataset, split.validation, window)
+        std = torch.from_numpy(np.maximum(self.dataset.face_model.mouth_std, 1e-6))
+        self.expression_weights = (std / std.mean()).to(self.device)
         self.training_dir = settings.out / "training"
         self.checkpoints = self.training_dir / "checkpoints"
         self.optimizers = self._optimizers()
@@ -155,7 +157,7 @@ class Trainer:
         target = target.to(self.device)
         with self._autocast():
             prediction = model(audio).float()
-        loss = _expression_loss(prediction, target)
+        loss = _expression_loss(prediction, target, self.expression_weights)
         optimizer = self.optimizers["a2e"]
         optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward(loss)
@@ -376,7 +378,8 @@ class Trainer:
                     self._log(self.validate(stage, step), stage, step)
                 if step % self.settings.checkpoint_every == 0 and step < total:
                     self._checkpoint(stage, step)
-        self.completed.append(stage)
+        if stage not in self.completed:
+            self.completed.append(stage)
         self._checkpoint(stage, total)
 
     def run(self) -> TrainReport:
@@ -386,9 +389,11 @@ class Trainer:
         self._open_writer()
         try:
             for stage in self.settings.stages():
-                if stage in self.completed:
+                # --stage all skips finished stages; a stage named explicitly is trained (again).
+                if stage in self.completed and self.settings.stage == "all":
                     continue
-                self._run_stage(stage, resume_step if stage == resume_stage else 0)
+                continuing = stage == resume_stage and stage not in self.completed
+                self._run_stage(stage, resume_step if continuing else 0)
             final = (
                 self.validate(self.completed[-1], self.stage_steps[self.completed[-1]], final=True)
                 if self.context.is_main
@@ -412,10 +417,16 @@ class Trainer:
         )
 
 
-def _expression_loss(prediction: Tensor, target: Tensor) -> Tensor:
-    """L1 on parameters plus L1 on their frame-to-frame velocity (keeps motion smooth)."""
-    velocity = (prediction[:, 1:] - prediction[:, :-1]) - (target[:, 1:] - target[:, :-1])
-    return (prediction - target).abs().mean() + 0.5 * velocity.abs().mean()
+def _expression_loss(prediction: Tensor, target: Tensor, weights: Tensor) -> Tensor:
+    """L1 on parameters plus L1 on their frame-to-frame velocity (keeps motion smooth).
+
+    Parameters are in units of their std; ``weights`` (Em,) give each its share of the motion
+    (std over mean std), so the large components (jaw, lip opening) dominate the loss rather than
+    the small ones that are mostly tracker noise and cannot be predicted from audio.
+    """
+    error = (prediction - target) * weights
+    velocity = error[:, 1:] - error[:, :-1]
+    return error.abs().mean() + 0.5 * velocity.abs().mean()
 
 
 def _to_image(tensor: Tensor) -> np.ndarray[Any, Any]:
