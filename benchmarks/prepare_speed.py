@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,20 +27,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.common import git_commit  # noqa: E402
 from offline_training.dataset.builder import PrepareSettings, prepare_dataset  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 PER_FRAME_STAGES = ("decode_video", "track", "crop", "face_shape", "mouth_mask", "write_images")
 TARGET_FPS = 25.0
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _synthetic_video(folder: Path) -> Path:
@@ -185,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "name": "prepare_speed",
         "date": date,
-        "commit": _git_commit(),
+        "commit": git_commit(),
         "machine": {
             "processor": platform.processor() or platform.machine(),
             "cpus": __import__("os").cpu_count(),

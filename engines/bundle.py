@@ -17,7 +17,6 @@ and every file's checksum and fails with one clear line when either is off.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from safetensors.torch import save_file as save_torch
 import engines
 from engines.audio.features import FeatureStats
 from engines.errors import InputError
+from engines.files import sha256_file
 from engines.geometry.crop import CropBox
 from engines.geometry.face_model import FaceModel
 from engines.geometry.masks import mouth_mask
@@ -234,14 +234,6 @@ def read_manifest(root: Path) -> BundleManifest:
         raise InputError(
             f"{path}: invalid ({exc.error_count()} errors, first: {exc.errors()[0]['msg']})"
         ) from exc
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_networks(root: Path, networks: AvatarNetworks) -> None:

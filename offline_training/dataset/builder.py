@@ -8,7 +8,6 @@ interrupted or failed run never leaves a folder that looks like a dataset.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ from tqdm import tqdm
 import engines
 from engines.audio.features import LogMelConfig, log_mel_for_video, normalise, utterance_stats
 from engines.errors import InputError, OutputError
+from engines.files import sha256_file
 from engines.geometry.crop import CropBox, crop_box_from_landmarks
 from engines.geometry.face_model import FaceModelFit, fit_face_model
 from engines.geometry.layouts import anchors_for
@@ -172,12 +172,12 @@ def prepare_dataset(settings: PrepareSettings) -> PrepareReport:
         dropped_frames=[int(i) for i in np.flatnonzero(~found)],
         source=SourceInfo(
             video_name=settings.video.name,
-            video_sha256=_sha256(settings.video),
+            video_sha256=sha256_file(settings.video),
             video_fps=info.fps,
             video_width=frame_size[0],
             video_height=frame_size[1],
             audio_name=audio_path.name,
-            audio_sha256=_sha256(audio_path),
+            audio_sha256=sha256_file(audio_path),
         ),
         trim=trim,
         tracker=TrackerInfo(name=settings.tracker, layout=layout.name, num_points=layout.num_points),
@@ -411,14 +411,6 @@ def _raise_on_failed_writes(futures: list[Future[bool]]) -> None:
     for future in futures:
         if not future.result():
             raise OSError("an image could not be written")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def manifest_summary(manifest: DatasetManifest) -> str:
