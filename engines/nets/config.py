@@ -88,6 +88,27 @@ class RendererConfig(_Config):
     use_dependency: bool = True
 
 
+class StreamingConfig(_Config):
+    """How the networks run on a live stream (DESIGN.md section 5); the backends' fixed shapes.
+
+    Attributes:
+        chunk_frames: C, new frames rendered per call.
+        past_frames: P, earlier frames the renderer's dependency module attends to; default
+            ``sequence_length - C`` (the window the renderer was trained on).
+        audio_window_frames: frames of audio features the audio-to-expression model sees per call
+            (it was trained on windows of this length).
+        smoothing_window_frames: frames of mouth parameters the causal smoothing sees per call;
+            at least its receptive field (5 convolutions of kernel k: 5·(k-1) + 1) plus C and L.
+        max_batch: sessions whose chunks one call may batch.
+    """
+
+    chunk_frames: int = Field(4, ge=1)
+    past_frames: int | None = Field(None, ge=0)
+    audio_window_frames: int = Field(50, ge=1)
+    smoothing_window_frames: int = Field(20, ge=1)
+    max_batch: int = Field(1, ge=1)
+
+
 class ModelConfig(_Config):
     """Everything that shapes an avatar's networks and how they are run."""
 
@@ -98,6 +119,7 @@ class ModelConfig(_Config):
     sequence_length: int = Field(12, ge=1)
     use_smoothing: bool = True
     use_erosion_augmentation: bool = True
+    streaming: StreamingConfig = StreamingConfig()
 
     def with_mouth_dims(self, mouth_dims: int) -> ModelConfig:
         """The same config for a face model with ``mouth_dims`` mouth parameters."""

@@ -87,9 +87,20 @@ class DependencyModule(nn.Module):
         nn.init.zeros_(self.unembed.weight)
         nn.init.zeros_(self.unembed.bias)
 
-    def forward(self, features: Tensor, mask: Tensor | None = None) -> Tensor:
-        """(B, T, C, h, w) → (B, T, C, h, w); ``mask`` is (T·p², T·p²) bool, True = may attend."""
+    def forward(self, features: Tensor, mask: Tensor | None = None, last_frames: int | None = None) -> Tensor:
+        """Mix the frames of a window.
+
+        Args:
+            features: (B, T, C, h, w) feature maps of the window's frames, oldest first.
+            mask: optional (T·p², T·p²) bool attention mask, True = may attend.
+            last_frames: F, return only the newest F frames (streaming decodes only new frames,
+                so the output projection of the others is skipped).
+
+        Returns:
+            (B, F, C, h, w), F = T unless ``last_frames`` is given.
+        """
         batch, frames, channels, height, width = features.shape
+        kept = frames if last_frames is None else last_frames
         p, s = self.grid, self.patch
         patches = features.reshape(batch, frames, channels, p, s, p, s).permute(0, 1, 3, 5, 2, 4, 6)
         tokens = self.embed(patches.reshape(batch, frames * p * p, channels * s * s))
@@ -98,9 +109,10 @@ class DependencyModule(nn.Module):
         tokens = tokens + positions
         for block in self.blocks:
             tokens = block(tokens, mask)
-        delta = self.unembed(self.norm(tokens)).reshape(batch, frames, p, p, channels, s, s)
-        delta = delta.permute(0, 1, 4, 2, 5, 3, 6).reshape(batch, frames, channels, height, width)
-        result: Tensor = features + delta
+        tokens = tokens[:, (frames - kept) * p * p :]
+        delta = self.unembed(self.norm(tokens)).reshape(batch, kept, p, p, channels, s, s)
+        delta = delta.permute(0, 1, 4, 2, 5, 3, 6).reshape(batch, kept, channels, height, width)
+        result: Tensor = features[:, frames - kept :] + delta
         return result
 
 
@@ -152,11 +164,24 @@ class Renderer(nn.Module):
             features = self.fusion(features, audio)
         return features
 
-    def mix(self, features: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Dependency modelling over a window: (B, T, C, h, w) → (B, T, C, h, w)."""
+    @property
+    def feature_channels(self) -> int:
+        """Channels of the encoded feature map (4·base)."""
+        return 4 * self.config.base_channels
+
+    @property
+    def feature_size(self) -> int:
+        """Side of the encoded feature map (S/4)."""
+        return self.config.image_size // 4
+
+    def mix(self, features: Tensor, mask: Tensor | None = None, last_frames: int | None = None) -> Tensor:
+        """Dependency modelling over a window: (B, T, C, h, w) → (B, F, C, h, w).
+
+        ``last_frames`` (F) keeps only the newest F frames of the result (default: all T).
+        """
         if self.dependency is None:
-            return features
-        result: Tensor = self.dependency(features, mask)
+            return features if last_frames is None else features[:, features.shape[1] - last_frames :]
+        result: Tensor = self.dependency(features, mask, last_frames)
         return result
 
     def decode(self, features: Tensor) -> Tensor:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -114,3 +116,29 @@ class AdaptiveSmoothing(nn.Module):
             source = torch.clamp(time + offset, 0, frames - 1)
             smoothed = smoothed + weights[:, :, tap, None, None, None] * shapes[:, source]
         return smoothed
+
+
+def apply_smoothing_weights(
+    shapes: npt.NDArray[np.float32], weights: npt.NDArray[np.float32], offsets: list[int]
+) -> npt.NDArray[np.float32]:
+    """Eq. 1 with given weights, in numpy: what ``AdaptiveSmoothing.forward`` does after ``weights``.
+
+    Backends compute only the (small) weights; the weighted sum of face shapes happens here, so
+    the face-shape images never travel through an inference engine.
+
+    Args:
+        shapes: (B, T, C, H, W) face-shape images.
+        weights: (B, T, K) weights of the K taps, summing to 1.
+        offsets: the K frame offsets of the taps (``AdaptiveSmoothing.offsets``).
+
+    Returns:
+        (B, T, C, H, W) smoothed face shapes; taps before the first or after the last frame
+        repeat the edge frame.
+    """
+    frames = shapes.shape[1]
+    time = np.arange(frames)
+    smoothed = np.zeros_like(shapes)
+    for tap, offset in enumerate(offsets):
+        source = np.clip(time + offset, 0, frames - 1)
+        smoothed += weights[:, :, tap, None, None, None] * shapes[:, source]
+    return smoothed

@@ -1,0 +1,143 @@
+"""The ONNX Runtime backend: the exported graphs on the CPU or the CUDA execution provider.
+
+Sessions use every graph optimisation (``ORT_ENABLE_ALL``, recorded in ``describe``), sequential
+execution, and as many intra-op threads as the machine has cores (2 here), one inter-op thread.
+Output buffers are allocated once at ``max_batch`` and bound with I/O binding, so a call
+allocates nothing on the host; a smaller batch binds the leading rows of the same buffers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from engines.backends.base import BackendBase, ChunkInput, ChunkOutput, FloatArray
+from engines.backends.onnx_export import ExportManifest, read_export
+from engines.errors import InputError, MissingDependencyError
+
+logger = logging.getLogger(__name__)
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+def cuda_provider_available() -> bool:
+    """Whether this onnxruntime build has the CUDA execution provider."""
+    return PROVIDERS["cuda"] in ort.get_available_providers()
+
+
+class _BoundGraph:
+    """One inference session with its output buffers, bound once at the maximum batch."""
+
+    def __init__(
+        self,
+        path: Path,
+        options: ort.SessionOptions,
+        providers: list[str],
+        outputs: dict[str, tuple[int, ...]],
+    ) -> None:
+        self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        self.buffers = {name: np.zeros(shape, dtype=np.float32) for name, shape in outputs.items()}
+        self.binding = self.session.io_binding()
+
+    def __call__(self, inputs: dict[str, FloatArray], batch: int) -> dict[str, FloatArray]:
+        binding = self.binding
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
+        for name, array in inputs.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array, dtype=np.float32))
+        views = {name: buffer[:batch] for name, buffer in self.buffers.items()}
+        for name, view in views.items():
+            binding.bind_output(
+                name=name,
+                device_type="cpu",
+                device_id=0,
+                element_type=np.float32,
+                shape=view.shape,
+                buffer_ptr=view.ctypes.data,
+            )
+        self.session.run_with_iobinding(binding)
+        return views
+
+
+class OnnxRuntimeBackend(BackendBase):
+    """Runs an ONNX export (see ``engines.backends.onnx_export``) with ONNX Runtime.
+
+    Args:
+        export_dir: folder of an ONNX export.
+        device: ``cpu`` or ``cuda`` (needs onnxruntime-gpu).
+        threads: intra-op threads (default: the machine's cores).
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, export_dir: Path, device: str = "cpu", threads: int | None = None) -> None:
+        manifest: ExportManifest = read_export(export_dir)
+        super().__init__(manifest.stream_shape)
+        if device not in PROVIDERS:
+            raise InputError(f"onnxruntime device {device!r}: use cpu or cuda")
+        if device == "cuda" and not cuda_provider_available():
+            raise MissingDependencyError(
+                "onnxruntime has no CUDA execution provider here: "
+                "install onnxruntime-gpu on a machine with CUDA"
+            )
+        self.device = device
+        self.manifest = manifest
+        self.export_dir = export_dir
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.options = options
+        providers = [PROVIDERS[device]] + ([PROVIDERS["cpu"]] if device == "cuda" else [])
+        shape, batch = self.shape, self.shape.max_batch
+        files = {name: export_dir / graph.file for name, graph in manifest.graphs.items()}
+        self._graphs = {
+            "expressions": _BoundGraph(
+                files["audio2expression"], options, providers, {"mouth": shape.expression_io(batch)[1]}
+            ),
+            "smoothing": _BoundGraph(
+                files["smoothing"], options, providers, {"weights": shape.smoothing_io(batch)[1]}
+            ),
+            "renderer": _BoundGraph(
+                files["renderer_chunk"], options, providers, shape.renderer_outputs(batch)
+            ),
+        }
+
+    def expressions(self, audio: FloatArray) -> FloatArray:
+        batch = self._check_expressions(audio)
+        return self._graphs["expressions"]({"audio": audio}, batch)["mouth"]
+
+    def smoothing_weights(self, mouth: FloatArray) -> FloatArray:
+        batch = self._check_smoothing(mouth)
+        return self._graphs["smoothing"]({"mouth": mouth}, batch)["weights"]
+
+    def run(self, chunk: ChunkInput) -> ChunkOutput:
+        batch = self._check_chunk(chunk)
+        outputs = self._graphs["renderer"](chunk.arrays(), batch)
+        return ChunkOutput(frames=outputs["frames"], features=outputs["features"])
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "device": self.device,
+            "precision": self.manifest.precision,
+            "onnxruntime": ort.__version__,
+            "providers": self._graphs["renderer"].session.get_providers() if self._graphs else [],
+            "graph_optimization_level": str(self.options.graph_optimization_level),
+            "intra_op_threads": self.options.intra_op_num_threads,
+            "inter_op_threads": self.options.inter_op_num_threads,
+            "opset": self.manifest.opset,
+            "export": str(self.export_dir),
+            "shape": self.shape.to_dict(),
+        }
+
+    def close(self) -> None:
+        self._graphs.clear()
+        super().close()

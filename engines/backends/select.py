@@ -1,0 +1,151 @@
+"""Choosing and loading a backend for an avatar: ``auto`` takes the best one this machine can run.
+
+Order of preference: tensorrt > onnxruntime-cuda > torch-cuda > onnxruntime-cpu > torch-cpu.
+ONNX-based backends use the avatar's export for the requested shapes, exporting it first when it
+is missing or stale (into ``AVATAR/engines``, or a temporary folder when the avatar is read-only).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from engines.backends.base import Backend, Precision, StreamShape
+from engines.backends.onnx_export import ensure_onnx_export, onnx_export_dir, weights_digest
+from engines.backends.onnxruntime_backend import OnnxRuntimeBackend, cuda_provider_available
+from engines.backends.torch_backend import TorchBackend
+from engines.bundle import AvatarBundle, AvatarNetworks
+from engines.errors import InputError, OutputError, StableFaceError
+
+logger = logging.getLogger(__name__)
+
+BackendName = Literal["tensorrt", "onnxruntime-cuda", "torch-cuda", "onnxruntime-cpu", "torch-cpu"]
+AUTO_ORDER: tuple[BackendName, ...] = (
+    "tensorrt",
+    "onnxruntime-cuda",
+    "torch-cuda",
+    "onnxruntime-cpu",
+    "torch-cpu",
+)
+ALIASES: dict[str, BackendName] = {
+    "onnxruntime": "onnxruntime-cpu",
+    "onnx": "onnxruntime-cpu",
+    "torch": "torch-cpu",
+}
+CHOICES = ("auto", *AUTO_ORDER, *ALIASES)
+
+
+def available_backends() -> list[BackendName]:
+    """The backends this machine can run, best first."""
+    cuda = torch.cuda.is_available()
+    found: list[BackendName] = []
+    if cuda and importlib.util.find_spec("tensorrt") is not None:
+        found.append("tensorrt")
+    if cuda and cuda_provider_available():
+        found.append("onnxruntime-cuda")
+    if cuda:
+        found.append("torch-cuda")
+    found += ["onnxruntime-cpu", "torch-cpu"]
+    return found
+
+
+def resolve_name(choice: str) -> BackendName:
+    """A backend name from a user's choice (``auto`` excluded).
+
+    Raises:
+        InputError: an unknown name.
+    """
+    if choice in ALIASES:
+        return ALIASES[choice]
+    if choice in AUTO_ORDER:
+        return choice
+    raise InputError(f"unknown backend {choice!r}; choose one of {', '.join(CHOICES)}")
+
+
+def export_folder(networks: AvatarNetworks, shape: StreamShape, avatar_root: Path | None) -> Path:
+    """The ONNX export of ``networks`` for ``shape``, made if missing or stale."""
+    if avatar_root is not None:
+        folder = onnx_export_dir(avatar_root, shape)
+        try:
+            ensure_onnx_export(networks, shape, folder)
+            return folder
+        except OutputError as exc:
+            logger.warning("%s; exporting to a temporary folder instead", exc)
+    folder = (
+        Path(tempfile.gettempdir())
+        / "stableface-exports"
+        / weights_digest(networks)[:16]
+        / f"onnx-{shape.tag}"
+    )
+    ensure_onnx_export(networks, shape, folder)
+    return folder
+
+
+def load_networks_backend(
+    name: BackendName,
+    networks: AvatarNetworks,
+    shape: StreamShape,
+    avatar_root: Path | None = None,
+    precision: Precision | None = None,
+) -> Backend:
+    """Load one named backend for a set of networks.
+
+    Raises:
+        StableFaceError: the backend cannot run here or the precision does not apply to it.
+    """
+    if name in ("torch-cpu", "onnxruntime-cpu") and precision not in (None, "fp32"):
+        raise InputError(f"{name} runs fp32 only; fp16 and bf16 are for GPU backends")
+    if name == "torch-cpu":
+        return TorchBackend(networks, shape, "cpu")
+    if name == "torch-cuda":
+        return TorchBackend(networks, shape, "cuda", precision or "fp16")
+    folder = export_folder(networks, shape, avatar_root)
+    if name == "onnxruntime-cpu":
+        return OnnxRuntimeBackend(folder, "cpu")
+    if name == "onnxruntime-cuda":
+        if precision not in (None, "fp32"):
+            raise InputError("onnxruntime-cuda runs the fp32 export; use tensorrt or torch-cuda for fp16")
+        return OnnxRuntimeBackend(folder, "cuda")
+    from engines.backends.tensorrt_backend import TensorRTBackend
+
+    if precision == "bf16":
+        raise InputError("tensorrt builds fp16 or fp32 engines")
+    return TensorRTBackend(folder, precision or "fp16")
+
+
+def load_backend(
+    bundle: AvatarBundle,
+    choice: str = "auto",
+    shape: StreamShape | None = None,
+    precision: Precision | None = None,
+) -> Backend:
+    """Load the backend ``choice`` (or the best available, ``auto``) for an avatar.
+
+    Args:
+        bundle: a loaded avatar.
+        choice: ``auto`` or a backend name (``torch``, ``onnxruntime``, ``tensorrt``, ...-cpu/-cuda).
+        shape: fixed shapes (default: the avatar's streaming config).
+        precision: compute precision (default: fp16 on GPUs, fp32 on the CPU).
+
+    Raises:
+        StableFaceError: the chosen backend cannot run here (``auto`` falls through to the next).
+    """
+    shape = shape or StreamShape.for_config(bundle.config)
+    if choice != "auto":
+        return load_networks_backend(resolve_name(choice), bundle.networks, shape, bundle.root, precision)
+    errors: list[str] = []
+    for name in available_backends():
+        try:
+            backend = load_networks_backend(name, bundle.networks, shape, bundle.root, precision)
+        except StableFaceError as exc:
+            logger.warning("backend %s unavailable: %s", name, exc)
+            errors.append(f"{name}: {exc}")
+            continue
+        logger.info("backend: %s", name)
+        return backend
+    raise StableFaceError("no backend could be loaded: " + "; ".join(errors))

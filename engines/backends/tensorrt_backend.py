@@ -1,0 +1,238 @@
+"""The TensorRT backend (TensorRT 10+, NVIDIA GPUs): engines built from the ONNX export.
+
+For each exported graph a serialised engine is built with the TensorRT Python API — the ONNX
+parser, fp16 (or fp32) builder precision, an optimisation profile over the batch axis
+(1..max_batch, every other axis fixed by the export), a workspace limit — and cached on disk,
+keyed by (graph hash, GPU name, TensorRT version, precision, shapes); a later load with the same
+key deserialises it instead of building. Device buffers (torch CUDA tensors) and pinned host
+buffers for the outputs are allocated once at ``max_batch``; a call copies its inputs in, sets
+the input shapes and tensor addresses (named tensors), enqueues ``execute_async_v3`` on the
+backend's own CUDA stream, copies the outputs back and synchronises that stream only.
+
+``tensorrt`` is imported lazily here and nowhere else; without it (or without a GPU) loading
+this backend raises ``MissingDependencyError`` naming the extra to install.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engines.backends.base import BackendBase, ChunkInput, ChunkOutput, FloatArray, StreamShape
+from engines.backends.onnx_export import ExportManifest, read_export
+from engines.errors import InputError, MissingDependencyError, OutputError
+
+logger = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install -e .[tensorrt] (TensorRT 10 or newer) on a machine with an NVIDIA GPU"
+DEFAULT_WORKSPACE_MB = 4096
+
+
+def import_tensorrt() -> Any:
+    """The ``tensorrt`` module, checked to be version 10 or newer, on a machine with CUDA.
+
+    Raises:
+        MissingDependencyError: not installed, too old, or no CUDA device.
+    """
+    try:
+        import tensorrt
+    except ImportError as exc:
+        raise MissingDependencyError(f"the tensorrt backend needs TensorRT: {INSTALL_HINT}") from exc
+    major = int(str(tensorrt.__version__).split(".")[0])
+    if major < 10:
+        raise MissingDependencyError(f"TensorRT {tensorrt.__version__} is too old: {INSTALL_HINT}")
+    if not torch.cuda.is_available():
+        raise MissingDependencyError("the tensorrt backend needs an NVIDIA GPU (torch sees no CUDA device)")
+    return tensorrt
+
+
+def engine_cache_key(
+    graph_sha256: str, gpu_name: str, tensorrt_version: str, precision: str, shape: StreamShape
+) -> str:
+    """Hex key of a built engine: anything that changes the engine changes the key."""
+    fields = {
+        "graph": graph_sha256,
+        "gpu": gpu_name,
+        "tensorrt": tensorrt_version,
+        "precision": precision,
+        "shape": shape.to_dict(),
+    }
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def build_engine(
+    trt: Any, onnx_path: Path, shape: StreamShape, precision: str, workspace_mb: int = DEFAULT_WORKSPACE_MB
+) -> bytes:
+    """Build a serialised TensorRT engine from an ONNX graph whose only dynamic axis is the batch.
+
+    Raises:
+        InputError: the parser rejects the graph or the build fails.
+    """
+    trt_logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(trt_logger)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, trt_logger)
+    if not parser.parse(onnx_path.read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise InputError(f"{onnx_path.name}: TensorRT cannot parse the graph: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    if precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    profile = builder.create_optimization_profile()
+    for index in range(network.num_inputs):
+        tensor = network.get_input(index)
+        rest = tuple(int(d) for d in tensor.shape)[1:]
+        profile.set_shape(tensor.name, (1, *rest), (shape.max_batch, *rest), (shape.max_batch, *rest))
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise InputError(f"{onnx_path.name}: the TensorRT engine build failed (see the TensorRT log above)")
+    return bytes(serialized)
+
+
+class _Engine:
+    """A deserialised engine, its execution context and its buffers at the maximum batch."""
+
+    def __init__(self, trt: Any, runtime: Any, plan: bytes, device: torch.device) -> None:
+        self.engine = runtime.deserialize_cuda_engine(plan)
+        if self.engine is None:
+            raise InputError("TensorRT could not deserialise a cached engine (delete the cache and rebuild)")
+        self.context = self.engine.create_execution_context()
+        dtypes = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16}
+        self.inputs: dict[str, torch.Tensor] = {}
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.host: dict[str, torch.Tensor] = {}
+        for index in range(self.engine.num_io_tensors):
+            name = self.engine.get_tensor_name(index)
+            dims = (
+                tuple(int(d) for d in self.engine.get_tensor_profile_shape(name, 0)[2])
+                if (self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT)
+                else None
+            )
+            dtype = dtypes[self.engine.get_tensor_dtype(name)]
+            if dims is not None:
+                self.inputs[name] = torch.empty(dims, dtype=dtype, device=device)
+            else:
+                self.outputs[name] = torch.empty(0, dtype=dtype, device=device)
+        for name, buffer in self.inputs.items():
+            self.context.set_input_shape(name, tuple(buffer.shape))
+        for name in self.outputs:
+            dims = tuple(int(d) for d in self.context.get_tensor_shape(name))
+            self.outputs[name] = torch.empty(dims, dtype=self.outputs[name].dtype, device=device)
+            self.host[name] = torch.empty(dims, dtype=torch.float32, pin_memory=True)
+
+    def __call__(
+        self, inputs: dict[str, FloatArray], batch: int, stream: torch.cuda.Stream
+    ) -> dict[str, FloatArray]:
+        with torch.cuda.stream(stream):
+            for name, array in inputs.items():
+                buffer = self.inputs[name]
+                buffer[:batch].copy_(torch.from_numpy(np.ascontiguousarray(array)), non_blocking=True)
+                self.context.set_input_shape(name, (batch, *buffer.shape[1:]))
+                self.context.set_tensor_address(name, buffer.data_ptr())
+            for name, buffer in self.outputs.items():
+                self.context.set_tensor_address(name, buffer.data_ptr())
+            if not self.context.execute_async_v3(stream.cuda_stream):
+                raise InputError("TensorRT execution failed")
+            for name, buffer in self.outputs.items():
+                self.host[name][:batch].copy_(buffer[:batch], non_blocking=True)
+        stream.synchronize()
+        return {name: host[:batch].numpy() for name, host in self.host.items()}
+
+
+class TensorRTBackend(BackendBase):
+    """Runs an ONNX export through TensorRT engines (built once, cached on disk).
+
+    Args:
+        export_dir: folder of an ONNX export.
+        precision: ``fp16`` (default) or ``fp32`` builder precision; inputs and outputs stay fp32.
+        cache_dir: where built engines are kept (default: ``<export_dir>/../tensorrt``).
+        workspace_mb: the builder's workspace limit.
+        device: the CUDA device.
+    """
+
+    name = "tensorrt"
+
+    def __init__(
+        self,
+        export_dir: Path,
+        precision: str = "fp16",
+        cache_dir: Path | None = None,
+        workspace_mb: int = DEFAULT_WORKSPACE_MB,
+        device: str = "cuda",
+    ) -> None:
+        manifest: ExportManifest = read_export(export_dir)
+        super().__init__(manifest.stream_shape)
+        if precision not in ("fp16", "fp32"):
+            raise InputError(f"tensorrt precision {precision!r}: use fp16 or fp32")
+        trt = import_tensorrt()
+        self.trt_version = str(trt.__version__)
+        self.device = torch.device(device)
+        self.gpu = torch.cuda.get_device_name(self.device)
+        self.precision = precision
+        self.cache_dir = cache_dir or export_dir.parent / "tensorrt"
+        self.stream = torch.cuda.Stream(device=self.device)  # type: ignore[no-untyped-call]
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.plans: dict[str, Path] = {}
+        self._engines: dict[str, _Engine] = {}
+        for name, graph in manifest.graphs.items():
+            key = engine_cache_key(graph.sha256, self.gpu, self.trt_version, precision, self.shape)
+            plan_path = self.cache_dir / f"{name}-{precision}-{key}.plan"
+            if plan_path.is_file():
+                plan = plan_path.read_bytes()
+            else:
+                logger.info(
+                    "building the TensorRT engine of %s (%s); cached as %s", name, precision, plan_path
+                )
+                plan = build_engine(trt, export_dir / graph.file, self.shape, precision, workspace_mb)
+                _write_atomically(plan_path, plan)
+            self.plans[name] = plan_path
+            with torch.cuda.device(self.device):
+                self._engines[name] = _Engine(trt, runtime, plan, self.device)
+
+    def expressions(self, audio: FloatArray) -> FloatArray:
+        batch = self._check_expressions(audio)
+        return self._engines["audio2expression"]({"audio": audio}, batch, self.stream)["mouth"]
+
+    def smoothing_weights(self, mouth: FloatArray) -> FloatArray:
+        batch = self._check_smoothing(mouth)
+        return self._engines["smoothing"]({"mouth": mouth}, batch, self.stream)["weights"]
+
+    def run(self, chunk: ChunkInput) -> ChunkOutput:
+        batch = self._check_chunk(chunk)
+        outputs = self._engines["renderer_chunk"](chunk.arrays(), batch, self.stream)
+        return ChunkOutput(frames=outputs["frames"], features=outputs["features"])
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "device": str(self.device),
+            "gpu": self.gpu,
+            "precision": self.precision,
+            "tensorrt": self.trt_version,
+            "engines": {name: str(path) for name, path in self.plans.items()},
+            "shape": self.shape.to_dict(),
+        }
+
+    def close(self) -> None:
+        self._engines.clear()
+        torch.cuda.empty_cache()
+        super().close()
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+        partial.write_bytes(data)
+        partial.replace(path)
+    except OSError as exc:
+        raise OutputError(f"{path.parent}: cannot cache the TensorRT engine ({exc.strerror})") from exc
