@@ -26,7 +26,6 @@ EXIT_INTERRUPTED = 130
 
 ROADMAP = {
     "eval": (4, "Evaluation: MSI and the paper's metrics"),
-    "export": (5, "Inference engines: ONNX export, ONNX Runtime and TensorRT"),
     "serve": (7, "Serving: WebRTC server and browser client"),
     "live": (7, "Serving: local microphone, virtual camera"),
     "bench": (8, "Latency and throughput benchmarks"),
@@ -155,6 +154,51 @@ def _cmd_render(args: argparse.Namespace) -> int:
     finally:
         partial.unlink(missing_ok=True)
     print(f"video: {args.out} ({count} frames, {count / bundle.manifest.fps:.2f} s, with audio)")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from engines.backends import StreamShape, TorchBackend, onnx_export_dir
+    from engines.backends.onnx_export import ensure_onnx_export, export_onnx, read_export
+    from engines.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from engines.backends.parity import max_differences
+    from engines.bundle import AvatarBundle
+
+    if args.backend == "onnx" and args.precision != "fp32":
+        raise StableFaceError(
+            "ONNX exports are fp32 (the portable form); fp16 is TensorRT's build precision: "
+            "use --backend tensorrt --precision fp16"
+        )
+    bundle = AvatarBundle.load(args.avatar)
+    shape = StreamShape.for_config(bundle.config, args.chunk, args.past, args.max_batch)
+    folder = onnx_export_dir(bundle.root, shape)
+    if args.backend == "onnx" and folder.exists() and not args.overwrite:
+        manifest = read_export(folder)
+        if manifest.shape != shape.to_dict():
+            raise StableFaceError(f"{folder}: exists with other shapes; pass --overwrite to replace it")
+        ensure_onnx_export(bundle.networks, shape, folder)
+        print(f"onnx export: {folder} (up to date)")
+    elif args.backend == "onnx":
+        export_onnx(bundle.networks, shape, folder, overwrite=args.overwrite)
+        print(f"onnx export: {folder}")
+    else:
+        ensure_onnx_export(bundle.networks, shape, folder)
+    print(
+        f"  chunk {shape.chunk_frames} + {shape.past_frames} past frames, audio window "
+        f"{shape.audio_frames}, smoothing window {shape.smoothing_frames}, batch 1..{shape.max_batch}"
+    )
+    with TorchBackend(bundle.networks, shape) as reference, OnnxRuntimeBackend(folder) as onnx:
+        differences = max_differences(reference, onnx)
+    print(
+        "  onnxruntime vs torch, max |difference|: "
+        + ", ".join(f"{k} {v:.2e}" for k, v in differences.items())
+    )
+    if args.backend == "tensorrt":
+        from engines.backends.tensorrt_backend import TensorRTBackend
+
+        with TensorRTBackend(folder, args.precision) as engine:
+            for name, plan in engine.plans.items():
+                print(f"  tensorrt {args.precision} engine {name}: {plan}")
     return 0
 
 
@@ -302,6 +346,28 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     render.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     render.set_defaults(handler=_cmd_render)
+
+    export = sub.add_parser(
+        "export",
+        help="export an avatar's networks for ONNX Runtime or TensorRT",
+        description="Export the avatar's streaming graphs (audio-to-expression, causal smoothing weights, "
+        "renderer chunk with its cached past frames) to ONNX beside the bundle, in AVATAR/engines/, with a "
+        "manifest of hashes, shapes and versions, and check ONNX Runtime against torch on random inputs. "
+        "With --backend tensorrt also build (and cache) the TensorRT engines; that needs TensorRT 10+ "
+        "and an NVIDIA GPU.",
+    )
+    export.add_argument("avatar", type=Path, help="avatar folder from stableface train")
+    export.add_argument("--backend", choices=["onnx", "tensorrt"], default="onnx", help="default onnx")
+    export.add_argument(
+        "--precision", choices=["fp32", "fp16"], default="fp32", help="fp16: TensorRT only (default fp32)"
+    )
+    export.add_argument(
+        "--chunk", type=_positive_int, help="new frames per renderer call (default: avatar's)"
+    )
+    export.add_argument("--past", type=int, help="cached past frames per call (default: window - chunk)")
+    export.add_argument("--max-batch", type=_positive_int, help="most sessions per call (default 1)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    export.set_defaults(handler=_cmd_export)
 
     synth = sub.add_parser(
         "synth",

@@ -19,3 +19,37 @@ def shared_data_dir() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"test data folder {SHARED_DATA} is absent (it is not part of the repository)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An avatar dataset (96 px crops) of an 8 s synthetic talking face, built once per run."""
+    from offline_training.dataset.builder import PrepareSettings, prepare_dataset
+    from offline_training.synthetic import generate_talking_face, write_talking_face
+
+    folder = tmp_path_factory.mktemp("train_data")
+    video = folder / "face.mp4"
+    write_talking_face(video, generate_talking_face(seed=3, duration_s=8.0, size=192))
+    out = folder / "ds"
+    prepare_dataset(PrepareSettings(video=video, out=out, render_size=96, show_progress=False))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_avatar(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A `tiny` avatar bundle trained for a few steps per stage on the synthetic dataset."""
+    from offline_training.train.settings import TrainSettings
+    from offline_training.train.trainer import Trainer
+
+    out = tmp_path_factory.mktemp("tiny_avatar") / "avatar"
+    settings = TrainSettings(
+        dataset=synthetic_dataset,
+        out=out,
+        preset="tiny",
+        steps=5,
+        show_progress=False,
+        val_every=1000,
+        checkpoint_every=1000,
+    )
+    Trainer(settings).run()
+    return out

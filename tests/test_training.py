@@ -16,23 +16,11 @@ import torch
 from engines.bundle import AvatarBundle
 from engines.errors import InputError
 from offline_training.dataset import AvatarDataset
-from offline_training.dataset.builder import PrepareSettings, prepare_dataset
-from offline_training.synthetic import generate_talking_face, write_talking_face
 from offline_training.train.erosion import ErosionSettings, augment_mask
 from offline_training.train.settings import TrainSettings
 from offline_training.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("train_data")
-    video = folder / "face.mp4"
-    write_talking_face(video, generate_talking_face(seed=3, duration_s=8.0, size=192))
-    out = folder / "ds"
-    prepare_dataset(PrepareSettings(video=video, out=out, render_size=96, show_progress=False))
-    return out
 
 
 def _settings(dataset: Path, out: Path, **overrides: object) -> TrainSettings:
