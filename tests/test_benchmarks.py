@@ -40,3 +40,17 @@ def test_train_speed_quick_counts_flops_of_every_preset(tmp_path: Path) -> None:
     flops = {name: row["flops"]["renderer_gflop_per_frame"] for name, row in presets.items()}
     assert flops["tiny"] < flops["small"] < flops["paper"]
     assert 80 < flops["paper"] < 130  # DESIGN.md: about 100 GFLOP a rendered frame for the paper preset
+
+
+def test_backends_quick_times_both_cpu_backends(tmp_path: Path) -> None:
+    module = _load("backends")
+    assert module.main(["--quick", "--results", str(tmp_path)]) == 0
+    [result_file] = tmp_path.glob("backends-*-quick.json")
+    rows = json.loads(result_file.read_text())["rows"]
+    assert {row["backend"] for row in rows} == {"torch-cpu", "onnxruntime-cpu"}
+    for row in rows:
+        latency = row["chunk_total_ms"]
+        assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"]
+        assert row["frames_per_s"] > 0 and row["renderer_gflop_per_chunk"] > 0
+    assert result_file.with_suffix(".png").stat().st_size > 1000
+    assert result_file.with_suffix(".md").read_text().startswith("# backend speed")
