@@ -1,7 +1,8 @@
 """The ONNX Runtime backend: the exported graphs on the CPU or the CUDA execution provider.
 
 Sessions use every graph optimisation (``ORT_ENABLE_ALL``, recorded in ``describe``), sequential
-execution, and as many intra-op threads as the machine has cores (2 here), one inter-op thread.
+execution, as many intra-op threads as the machine has cores (2 here), one inter-op thread, and
+no spin-waiting of idle threads.
 Output buffers are allocated once at ``max_batch`` and bound with I/O binding, so a call
 allocates nothing on the host; a smaller batch binds the leading rows of the same buffers.
 """
@@ -94,6 +95,9 @@ class OnnxRuntimeBackend(BackendBase):
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # Idle intra-op threads would spin after each call; with three sessions (and the rest of a
+        # real-time server) on two cores, spinning threads steal the core the next call needs.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.options = options
         providers = [PROVIDERS[device]] + ([PROVIDERS["cpu"]] if device == "cuda" else [])
         shape, batch = self.shape, self.shape.max_batch
