@@ -289,3 +289,26 @@ def test_export_command(tiny_avatar: Path, capsys: pytest.CaptureFixture[str]) -
         assert err.count("\n") == 0 and message in err and "Traceback" not in err
     assert main(["export", str(tiny_avatar.parent / "nothing")]) == 1
     assert "not an avatar" in capsys.readouterr().err
+
+
+def test_the_graphs_run_in_half_precision_without_mixing_dtypes(networks: AvatarNetworks) -> None:
+    """What torch-cuda does in fp16, checked here in bfloat16 on the CPU: no float32 leaks in."""
+    import copy
+
+    from engines.backends.graphs import Expressions, RendererChunk
+
+    shape = StreamShape.for_config(CONFIG, chunk_frames=2)
+    half = copy.deepcopy(networks)
+    renderer = RendererChunk(half.renderer, shape).to(torch.bfloat16)
+    expressions = Expressions(half.audio2expression).to(torch.bfloat16)
+    audio, _, chunk = random_inputs(shape, 1, seed=2)
+    with torch.inference_mode():
+        frames, features = renderer(
+            *(torch.from_numpy(a).to(torch.bfloat16) for a in chunk.arrays().values())
+        )
+        mouth = expressions(torch.from_numpy(audio).to(torch.bfloat16))
+        reference = RendererChunk(networks.renderer, shape)(
+            *(torch.from_numpy(a) for a in chunk.arrays().values())
+        )
+    assert frames.dtype == features.dtype == mouth.dtype == torch.bfloat16
+    assert (frames.float() - reference[0]).abs().max() < 0.1

@@ -33,7 +33,8 @@ class AudioToExpression(nn.Module):
     def forward(self, audio: Tensor) -> Tensor:
         """(B, T, features_per_frame · n_mels) normalised log-mel → (B, T, Em) normalised parameters."""
         frames = audio.shape[1]
-        tokens = self.input(audio) + sinusoidal_positions(frames, self.config.d_model, audio.device)
+        tokens = self.input(audio)
+        tokens = tokens + sinusoidal_positions(frames, self.config.d_model, audio.device).to(tokens.dtype)
         mask = lookahead_mask(frames, self.config.lookahead_frames, audio.device)
         for block in self.blocks:
             tokens = block(tokens, mask)

@@ -106,7 +106,7 @@ class DependencyModule(nn.Module):
         tokens = self.embed(patches.reshape(batch, frames * p * p, channels * s * s))
         time_codes = sinusoidal_positions(frames, tokens.shape[-1], features.device)
         positions = (time_codes[:, None, :] + self.spatial[None]).reshape(frames * p * p, -1)
-        tokens = tokens + positions
+        tokens = tokens + positions.to(tokens.dtype)
         for block in self.blocks:
             tokens = block(tokens, mask)
         tokens = tokens[:, (frames - kept) * p * p :]
