@@ -1,0 +1,90 @@
+"""One loaded avatar shared by many sessions: the bundle, one backend and one worker thread.
+
+Every computation of every session (features, networks, raster, paste-back) runs on the engine's
+single worker thread, in the order the sessions submit it, so the backend and the per-avatar
+caches are only ever touched from that thread and the event loop never blocks on compute.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from threadpoolctl import threadpool_limits
+
+from engines.avatar_frames import AvatarFrames
+from engines.backends import StreamShape, load_backend
+from engines.backends.base import Backend
+from engines.bundle import AvatarBundle
+from realtime.settings import FRAME_MS, StreamSettings, output_delay_frames
+from realtime.stream import AvatarStream
+
+logger = logging.getLogger(__name__)
+
+
+class AvatarEngine:
+    """A loaded avatar with its backend, ready to open sessions.
+
+    Args:
+        bundle: the avatar.
+        backend: a backend loaded for this avatar's networks.
+        settings: default stream settings of its sessions.
+    """
+
+    def __init__(
+        self, bundle: AvatarBundle, backend: Backend, settings: StreamSettings | None = None
+    ) -> None:
+        self.bundle = bundle
+        self.backend = backend
+        self.settings = settings or StreamSettings()
+        # Process-wide: numpy's per-frame products are tiny, and BLAS threads would only wait on
+        # cores that the backend's own thread pool keeps busy.
+        threadpool_limits(limits=1, user_api="blas")
+        self.frames = AvatarFrames(bundle)
+        self.executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"stableface-{bundle.manifest.name}"
+        )
+        self.lookahead_frames = bundle.config.audio.lookahead_frames
+        self.delay_frames = output_delay_frames(
+            backend.shape.chunk_frames, self.lookahead_frames, self.settings.compute_allowance_ms
+        )
+
+    @classmethod
+    def load(
+        cls, avatar: str | Path, backend: str = "auto", settings: StreamSettings | None = None
+    ) -> AvatarEngine:
+        """Load an avatar bundle and a backend for its streaming shapes (chunk from ``settings``)."""
+        settings = settings or StreamSettings()
+        bundle = AvatarBundle.load(avatar)
+        shape = StreamShape.for_config(bundle.config, chunk_frames=settings.chunk_frames)
+        return cls(bundle, load_backend(bundle, backend, shape), settings)
+
+    @property
+    def latency_ms(self) -> float:
+        """The output delay: audio sample in → the frame showing it and the sample itself out."""
+        return self.delay_frames * FRAME_MS
+
+    def latency_budget(self) -> dict[str, float]:
+        """Where the output delay goes, in ms."""
+        chunk = self.backend.shape.chunk_frames
+        return {
+            "lookahead_ms": self.lookahead_frames * FRAME_MS,
+            "chunk_fill_ms": (chunk - 1) * FRAME_MS,
+            "frame_duration_ms": FRAME_MS,
+            "feature_window_ms": 7.5,
+            "compute_allowance_ms": self.settings.compute_allowance_ms,
+            "rounding_to_frames_ms": self.latency_ms
+            - ((chunk + self.lookahead_frames) * FRAME_MS + 7.5 + self.settings.compute_allowance_ms),
+            "total_ms": self.latency_ms,
+        }
+
+    def new_stream(self, settings: StreamSettings | None = None) -> AvatarStream:
+        """A fresh deterministic stream (call its methods on the worker thread only)."""
+        return AvatarStream(
+            self.bundle, self.frames, self.backend, settings or self.settings, self.delay_frames
+        )
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+        self.backend.close()

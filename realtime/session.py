@@ -1,0 +1,391 @@
+"""A streaming session: live audio in, paced video frames with their (delayed) audio out.
+
+The output timeline runs a fixed ``D`` frames behind the input: output frame ``k`` shows the
+stream frame ``k - D`` and carries the input samples ``[(k - D)·640, (k - D + 1)·640)``, so audio
+and lips leave together and the audio out is the audio in, sample-exact, delayed by D·40 ms.
+
+Real-time mode (live input): output frame ``k`` is due at ``start + k·40 ms`` by the session's
+clock and is emitted then whatever happens — a frame that is not rendered in time is replaced by
+the previous image (counted as skipped) and the renderer skips chunks that could not be ready in
+time, so delay never accumulates. Input that arrives later than ``input_jitter_ms`` is replaced
+by silence (and the late samples dropped when they come), input more than
+``max_input_ahead_ms`` ahead is dropped: the queues are bounded in milliseconds.
+
+Offline mode (files, tests): no clock; every frame is rendered and frames are emitted as fast as
+the consumer takes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from engines.errors import InputError
+from realtime.audio_input import AudioInput
+from realtime.engine import AvatarEngine
+from realtime.settings import FRAME_MS, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME, StreamSettings
+from realtime.stream import AvatarStream, StreamFrame
+
+logger = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float32]
+ImageRGB = npt.NDArray[np.uint8]
+OFFLINE_FRAMES_AHEAD = 16
+RENDER_AHEAD_MS = 400.0
+
+
+@dataclass
+class OutputFrame:
+    """One paced output frame.
+
+    Attributes:
+        index: k, output frame number; its presentation time is ``k / 25`` s.
+        image: (H, W, 3) uint8 RGB.
+        audio: (640,) float32 16 kHz samples that play with this frame.
+        skipped: True when the frame repeats an earlier image (not rendered in time).
+        source: the stream frame shown (mouth geometry, voice gate), None for a repeat.
+    """
+
+    index: int
+    image: ImageRGB
+    audio: FloatArray
+    skipped: bool
+    source: StreamFrame | None
+
+    @property
+    def pts_s(self) -> float:
+        return self.index * FRAME_MS / 1000
+
+
+@dataclass
+class SessionStats:
+    """Counters of one session (read by servers and benchmarks)."""
+
+    latency_ms: float
+    frames_out: int = 0
+    frames_rendered: int = 0
+    frames_skipped: int = 0
+    chunks_skipped: int = 0
+    silence_filled_ms: float = 0.0
+    audio_dropped_ms: float = 0.0
+    lag_ms: float = 0.0
+    max_lag_ms: float = 0.0
+    render_slack_ms: list[float] = field(default_factory=list)
+    stage_ms: dict[str, list[float]] = field(default_factory=dict)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain numbers: counters and p50/p95 of the per-chunk stage times and render slack."""
+
+        def quantiles(values: list[float]) -> dict[str, float]:
+            if not values:
+                return {}
+            array = np.asarray(values[-500:])
+            return {"p50": float(np.percentile(array, 50)), "p95": float(np.percentile(array, 95))}
+
+        return {
+            "latency_ms": self.latency_ms,
+            "frames_out": self.frames_out,
+            "frames_rendered": self.frames_rendered,
+            "frames_skipped": self.frames_skipped,
+            "chunks_skipped": self.chunks_skipped,
+            "silence_filled_ms": self.silence_filled_ms,
+            "audio_dropped_ms": self.audio_dropped_ms,
+            "lag_ms": self.lag_ms,
+            "max_lag_ms": self.max_lag_ms,
+            "render_slack_ms": quantiles(self.render_slack_ms),
+            "stage_ms": {stage: quantiles(values) for stage, values in self.stage_ms.items()},
+        }
+
+
+class _SampleLog:
+    """The input samples still to be played out, by absolute sample index."""
+
+    def __init__(self) -> None:
+        self.start = 0
+        self._data = np.zeros(0, np.float32)
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self._data)
+
+    def append(self, samples: FloatArray) -> None:
+        self._data = np.concatenate([self._data, samples])
+
+    def read(self, first: int, count: int) -> FloatArray:
+        """Samples [first, first + count); zeros before the start of the stream and past its end."""
+        out = np.zeros(count, np.float32)
+        low, high = max(first, self.start), min(first + count, self.end)
+        if high > low:
+            out[low - first : high - first] = self._data[low - self.start : high - self.start]
+        return out
+
+    def forget_before(self, index: int) -> None:
+        if index > self.start:
+            drop = min(index - self.start, len(self._data))
+            self._data = self._data[drop:]
+            self.start += drop
+
+
+class StreamingSession:
+    """One live (or offline) stream through a shared ``AvatarEngine``.
+
+    Args:
+        engine: the loaded avatar, backend and worker thread.
+        realtime: pace output by ``clock`` and never wait for compute (live); else render every
+            frame and emit as fast as consumed (files, tests).
+        settings: overrides the engine's stream settings for this session.
+        clock: monotonic seconds (tests may slow or speed it).
+    """
+
+    def __init__(
+        self,
+        engine: AvatarEngine,
+        realtime: bool = True,
+        settings: StreamSettings | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self.realtime = realtime
+        self.settings = settings or engine.settings
+        self.clock = clock
+        self.delay = engine.delay_frames
+        self.stats = SessionStats(latency_ms=self.delay * FRAME_MS)
+        self._input = AudioInput()
+        self._stream: AvatarStream | None = None
+        self._pending: list[FloatArray] = []
+        self._samples_in = 0  # samples accepted on the input timeline (pushed or filled)
+        self._late_debt = 0  # filled-in silence not yet matched by late audio
+        self._log = _SampleLog()
+        self._ready: dict[int, StreamFrame] = {}
+        self._next_out = 0  # the next output frame to emit
+        self._finished = False  # the stream has been told the input ended
+        self._ended = False
+        self._closed = False
+        self._wake = asyncio.Event()
+        self._consumed = asyncio.Event()
+        self._producer: asyncio.Task[None] | None = None
+        self._start: float | None = None
+        self._compute_ms = 0.0
+
+    # ------------------------------------------------------------------ input
+
+    async def push_audio(
+        self, samples: npt.NDArray[np.generic], sample_rate_hz: int = SAMPLE_RATE_HZ
+    ) -> None:
+        """Queue captured audio: (S,) or (S, channels), any numeric type, any rate.
+
+        Raises:
+            InputError: unusable samples, or the input was already ended.
+        """
+        if self._ended or self._closed:
+            raise InputError("push_audio after the input ended")
+        converted = self._input.convert(samples, sample_rate_hz)
+        self._accept(converted)
+
+    def end_input(self) -> None:
+        """No more audio: the remaining frames are rendered and the stream ends."""
+        if not self._ended:
+            self._accept(self._input.flush())
+            self._ended = True
+            self._wake.set()
+
+    def _accept(self, samples: FloatArray) -> None:
+        if self._late_debt and len(samples):
+            dropped = min(self._late_debt, len(samples))
+            samples = samples[dropped:]
+            self._late_debt -= dropped
+            self.stats.audio_dropped_ms += 1000 * dropped / SAMPLE_RATE_HZ
+        if self.realtime and self._start is not None and len(samples):
+            allowed = self._due_samples(self.settings.max_input_ahead_ms) - self._samples_in
+            if len(samples) > allowed:
+                excess = len(samples) - max(allowed, 0)
+                samples = samples[: len(samples) - excess]
+                self.stats.audio_dropped_ms += 1000 * excess / SAMPLE_RATE_HZ
+        if len(samples):
+            self._pending.append(samples)
+            self._log.append(samples)
+            self._samples_in += len(samples)
+            self._wake.set()
+
+    def _due_samples(self, offset_ms: float = 0.0) -> int:
+        """Input samples that should have arrived by now + ``offset_ms``."""
+        assert self._start is not None
+        return max(0, int((self.clock() - self._start + offset_ms / 1000) * SAMPLE_RATE_HZ))
+
+    def _fill_silence(self) -> None:
+        """Real time: input later than the jitter allowance becomes silence."""
+        missing = self._due_samples(-self.settings.input_jitter_ms) - self._samples_in
+        if missing > 0 and not self._ended:
+            self._late_debt += missing
+            self.stats.silence_filled_ms += 1000 * missing / SAMPLE_RATE_HZ
+            silence = np.zeros(missing, np.float32)
+            self._pending.append(silence)
+            self._log.append(silence)
+            self._samples_in += missing
+
+    # ------------------------------------------------------------------ compute
+
+    def _due_time(self, output_index: int) -> float:
+        assert self._start is not None
+        return self._start + output_index * FRAME_MS / 1000
+
+    def _work(self, pending: list[FloatArray], end: bool) -> list[StreamFrame]:
+        """On the worker thread: feed audio, render (or skip) every ready chunk."""
+        if self._stream is None:
+            self._stream = self.engine.new_stream(self.settings)
+        stream = self._stream
+        for samples in pending:
+            stream.push(samples)
+        if end:
+            stream.finish()
+        out: list[StreamFrame] = []
+        while stream.chunk_ready():
+            first = stream.next_frame + self.delay
+            last = first + stream.chunk - 1
+            if self.realtime and self._start is not None:
+                now = self.clock()
+                if now + self._compute_ms / 1000 > self._due_time(last):
+                    frames = stream.render_chunk(render=False)
+                    self.stats.chunks_skipped += 1
+                    out += frames
+                    continue
+                if self._due_time(first) > now + RENDER_AHEAD_MS / 1000 and out:
+                    break
+            started = time.perf_counter()
+            frames = stream.render_chunk()
+            elapsed = 1000 * (time.perf_counter() - started)
+            self._compute_ms = elapsed if not self._compute_ms else 0.8 * self._compute_ms + 0.2 * elapsed
+            if self._start is not None:
+                finished = self.clock()
+                self.stats.render_slack_ms.append(1000 * (self._due_time(first) - finished))
+                del self.stats.render_slack_ms[:-1000]
+            out += frames
+            if not self.realtime and len(out) >= OFFLINE_FRAMES_AHEAD:
+                break
+        for stage, values in stream.times.recent.items():
+            self.stats.stage_ms[stage] = values[-500:]
+        return out
+
+    async def _produce(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._closed:
+            if self.realtime and self._start is not None:
+                self._fill_silence()
+            pending, self._pending = self._pending, []
+            end = self._ended and self._stream is not None and not self._finished
+            frames = await loop.run_in_executor(self.engine.executor, self._work, pending, end)
+            if end:
+                self._finished = True
+            for frame in frames:
+                index = frame.index + self.delay
+                if index >= self._next_out:
+                    self._ready[index] = frame
+                if frame.image is not None:
+                    self.stats.frames_rendered += 1
+            self._consumed.set()
+            stream = self._stream
+            if stream is not None and stream.chunk_ready():
+                if not self.realtime and len(self._ready) >= OFFLINE_FRAMES_AHEAD:
+                    self._wake.clear()
+                    await self._wake.wait()
+                continue
+            if self._finished:
+                return
+            self._wake.clear()
+            timeout = FRAME_MS / 1000 if self.realtime else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    # ------------------------------------------------------------------ output
+
+    async def start(self) -> None:
+        """Render the silent warm-up and start the clock (called by ``frames`` if needed)."""
+        if self._producer is not None:
+            return
+        loop = asyncio.get_running_loop()
+        warmup = await loop.run_in_executor(self.engine.executor, self._work, [], False)
+        for frame in warmup:
+            index = frame.index + self.delay
+            if index >= 0:
+                self._ready[index] = frame
+            if frame.image is not None:
+                self.stats.frames_rendered += 1
+        self._start = self.clock()
+        self._producer = asyncio.create_task(self._produce())
+
+    def _last_output_index(self) -> int | None:
+        """The final output frame once the input has ended (None while it goes on)."""
+        if not self._ended:
+            return None
+        return math.ceil(self._samples_in / SAMPLES_PER_FRAME) - 1 + self.delay
+
+    async def frames(self) -> AsyncIterator[OutputFrame]:
+        """The paced output: one ``OutputFrame`` per 40 ms (real time) or as fast as rendered."""
+        await self.start()
+        previous: ImageRGB | None = None
+        shown = 0
+        while not self._closed:
+            index = self._next_out
+            last = self._last_output_index()
+            if last is not None and index > last:
+                return
+            if self.realtime:
+                wait = self._due_time(index) - self.clock()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            else:
+                while index not in self._ready and not self._producer_done():
+                    self._consumed.clear()
+                    self._wake.set()
+                    await self._consumed.wait()
+            self._raise_if_failed()
+            source = self._ready.pop(index, None)
+            skipped = source is None or source.image is None
+            if source is not None and source.image is not None:
+                previous, shown = source.image, index
+            if previous is None:
+                previous = self.engine.frames.full_frame(0)
+            if self.realtime and self._start is not None:
+                self._fill_silence()
+            audio = self._log.read((index - self.delay) * SAMPLES_PER_FRAME, SAMPLES_PER_FRAME)
+            self._log.forget_before((index - self.delay) * SAMPLES_PER_FRAME)
+            self._next_out = index + 1
+            for stale in [k for k in self._ready if k <= index]:
+                del self._ready[stale]
+            self.stats.frames_out += 1
+            self.stats.frames_skipped += int(skipped)
+            self.stats.lag_ms = (index - shown) * FRAME_MS
+            self.stats.max_lag_ms = max(self.stats.max_lag_ms, self.stats.lag_ms)
+            self._wake.set()
+            yield OutputFrame(index, previous, audio, skipped, None if skipped else source)
+
+    def _producer_done(self) -> bool:
+        return self._producer is not None and self._producer.done()
+
+    def _raise_if_failed(self) -> None:
+        """A failure on the worker thread ends this session (and only this one) with its error."""
+        task = self._producer
+        if task is not None and task.done() and not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+
+    async def close(self) -> None:
+        """Stop the session and free its state (the engine stays loaded)."""
+        self._closed = True
+        self._wake.set()
+        if self._producer is not None:
+            self._producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._producer
+        self._ready.clear()
+        self._pending.clear()
+        self._stream = None
+        self._log = _SampleLog()
