@@ -23,10 +23,9 @@ SILENT_DBFS = -120.0
 
 
 class FrameHistory:
-    """Per-frame values addressed by absolute frame index, keeping only a recent window."""
+    """Per-frame values addressed by absolute frame index; the owner forgets what it no longer needs."""
 
-    def __init__(self, keep: int) -> None:
-        self.keep = keep
+    def __init__(self) -> None:
         self.start = 0
         self._values: list[FloatArray] = []
 
@@ -37,8 +36,11 @@ class FrameHistory:
 
     def append(self, value: FloatArray) -> None:
         self._values.append(value)
-        if len(self._values) > 2 * self.keep:
-            drop = len(self._values) - self.keep
+
+    def forget_before(self, frame: int) -> None:
+        """Drop the frames before ``frame``."""
+        drop = min(max(0, frame - self.start), len(self._values))
+        if drop:
             del self._values[:drop]
             self.start += drop
 
@@ -51,9 +53,7 @@ class FrameHistory:
 class FrameFeatures:
     """Push 16 kHz mono samples; read normalised (320,) rows and loudness per completed frame."""
 
-    def __init__(
-        self, stats: FeatureStats, normalisation_time_s: float, silence_dbfs: float, keep: int
-    ) -> None:
+    def __init__(self, stats: FeatureStats, normalisation_time_s: float, silence_dbfs: float) -> None:
         self._logmel = StreamingLogMel()
         self._mean = stats.mean.astype(np.float64)
         self._var = (stats.std.astype(np.float64)) ** 2
@@ -62,8 +62,8 @@ class FrameFeatures:
         self._rows = np.zeros((0, stats.mean.shape[0]), np.float32)
         self._samples = np.zeros(0, np.float32)
         self._loudness: list[float] = []
-        self.rows = FrameHistory(keep)
-        self.loudness = FrameHistory(keep)
+        self.rows = FrameHistory()
+        self.loudness = FrameHistory()
         self.silence_row = np.tile((math.log(LOG_FLOOR) - stats.mean) / stats.std, ROWS_PER_FRAME).astype(
             np.float32
         )
@@ -89,6 +89,11 @@ class FrameFeatures:
             )
         self._rows = self._rows[ready * ROWS_PER_FRAME :]
         del self._loudness[:ready]
+
+    def forget_before(self, frame: int) -> None:
+        """Drop the rows and loudness of frames before ``frame``."""
+        self.rows.forget_before(frame)
+        self.loudness.forget_before(frame)
 
     def _emit(self, rows: FloatArray, loudness: float) -> None:
         std = np.sqrt(np.maximum(self._var, 1e-6))

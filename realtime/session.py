@@ -52,7 +52,8 @@ class OutputFrame:
         image: (H, W, 3) uint8 RGB.
         audio: (640,) float32 16 kHz samples that play with this frame.
         skipped: True when the frame repeats an earlier image (not rendered in time).
-        source: the stream frame shown (mouth geometry, voice gate), None for a repeat.
+        source: the stream frame of this moment (mouth geometry, voice gate; its image is None
+            when its chunk was skipped), None when it was not computed in time at all.
     """
 
     index: int
@@ -276,6 +277,12 @@ class StreamingSession:
         return out
 
     async def _produce(self) -> None:
+        try:
+            await self._produce_frames()
+        finally:  # wake the consumer whatever happened: it reports a failure instead of waiting
+            self._consumed.set()
+
+    async def _produce_frames(self) -> None:
         loop = asyncio.get_running_loop()
         while not self._closed:
             if self.realtime and self._start is not None:
@@ -366,7 +373,7 @@ class StreamingSession:
             self.stats.lag_ms = (index - shown) * FRAME_MS
             self.stats.max_lag_ms = max(self.stats.max_lag_ms, self.stats.lag_ms)
             self._wake.set()
-            yield OutputFrame(index, previous, audio, skipped, None if skipped else source)
+            yield OutputFrame(index, previous, audio, skipped, source)
 
     def _producer_done(self) -> bool:
         return self._producer is not None and self._producer.done()

@@ -32,7 +32,7 @@ class StreamSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     chunk_frames: int | None = Field(None, ge=1)
-    compute_allowance_ms: float = Field(80.0, ge=0)
+    compute_allowance_ms: float = Field(70.0, ge=0)
     input_jitter_ms: float = Field(120.0, ge=0)
     max_input_ahead_ms: float = Field(2000.0, gt=0)
     silence_dbfs: float = -45.0

@@ -38,6 +38,10 @@ from realtime.settings import SAMPLES_PER_FRAME, StreamSettings
 
 FloatArray = npt.NDArray[np.float32]
 ImageRGB = npt.NDArray[np.uint8]
+# The mouth starts to open one frame before the sound (as speakers do) and stays open one frame
+# after it; more anticipation would show as lips leading the audio.
+GATE_LOOKAHEAD_FRAMES = 1
+GATE_SNAP = 0.01
 STAGES = ("features", "audio2expression", "smoothing", "raster", "renderer", "paste")
 
 
@@ -104,13 +108,13 @@ class AvatarStream:
         self.offsets = smoothing.offsets(causal=True)
         self.use_smoothing = bundle.config.use_smoothing
         self.warmup = max(warmup_frames, self.past)
-        keep = max(shape.audio_frames, shape.smoothing_frames) + self.chunk + 2 * self.lookahead + 8
+        self._keep = max(shape.audio_frames, shape.smoothing_frames) + self.lookahead + 2
         self.features = FrameFeatures(
-            bundle.audio_stats, settings.normalisation_time_s, settings.silence_dbfs, keep
+            bundle.audio_stats, settings.normalisation_time_s, settings.silence_dbfs
         )
         self.rest = (frames.rest_mouth / frames.mouth_std).astype(np.float32)
-        self._params = FrameHistory(keep)  # final normalised mouth parameters per frame
-        self._gate = FrameHistory(keep)
+        self._params = FrameHistory()  # final normalised mouth parameters per frame
+        self._gate = FrameHistory()
         self._shapes: dict[int, FloatArray] = {}  # final face shapes of recent frames
         size = shape.feature_size
         self._cache = np.zeros((1, self.past, shape.feature_channels, size, size), np.float32)
@@ -194,6 +198,9 @@ class AvatarStream:
             if t < t0 + count - len(self.offsets):
                 del self._shapes[t]
         self._next += count
+        horizon = self._next - self._keep
+        for history in (self.features, self._params, self._gate):
+            history.forget_before(horizon)
         return out
 
     def _reference(self, frame: int) -> int:
@@ -214,12 +221,14 @@ class AvatarStream:
         params: dict[int, FloatArray] = {}
         gates: dict[int, float] = {}
         for t in range(t0, last + 1):
-            ahead = range(t - 1, min(t + self.lookahead, last) + 1)
+            ahead = range(t - 1, min(t + GATE_LOOKAHEAD_FRAMES, last) + 1)
             loud = max(
                 float(self.features.loudness[u][0]) for u in ahead if u >= self.features.loudness.start
             )
             target = 1.0 if loud > settings.silence_dbfs else 0.0
             gate_value += (attack if target > gate_value else release) * (target - gate_value)
+            if abs(gate_value - target) < GATE_SNAP:  # the ramps end: a still, exactly closed mouth
+                gate_value = target
             gates[t] = gate_value
             params[t] = (
                 gate_value * predicted[window - 1 - (last - t)] + (1 - gate_value) * self.rest

@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, TypeVar
 from engines.errors import StableFaceError
 
 if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
     from pydantic import BaseModel
+
+    from engines.bundle import AvatarBundle
+
+    FloatArray = npt.NDArray[np.float32]
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -140,6 +146,10 @@ def _cmd_render(args: argparse.Namespace) -> int:
     if len(audio) == 0 or not np.isfinite(audio).all():
         raise StableFaceError(f"{args.audio}: no usable audio samples")
     frames = int(np.ceil(len(audio) * bundle.manifest.fps / bundle.manifest.sample_rate_hz))
+    if args.causal:
+        if args.crop_only:
+            raise StableFaceError("--crop-only is for the offline path; --causal renders full frames")
+        return _render_causal(args, bundle, audio, frames)
     partial = args.out.with_name(f".{args.out.stem}.partial{args.out.suffix}")
     try:
         with tqdm(total=frames, desc="render", unit="frame", disable=args.quiet, leave=False) as bar:
@@ -199,6 +209,33 @@ def _cmd_export(args: argparse.Namespace) -> int:
         with TensorRTBackend(folder, args.precision) as engine:
             for name, plan in engine.plans.items():
                 print(f"  tensorrt {args.precision} engine {name}: {plan}")
+    return 0
+
+
+def _render_causal(args: argparse.Namespace, bundle: AvatarBundle, audio: FloatArray, frames: int) -> int:
+    from tqdm import tqdm
+
+    from engines.backends import StreamShape, load_backend
+    from engines.media.encode import write_mp4
+    from realtime.engine import AvatarEngine
+    from realtime.offline import stream_file
+    from realtime.settings import StreamSettings
+
+    settings = StreamSettings(chunk_frames=args.chunk)
+    shape = StreamShape.for_config(bundle.config, chunk_frames=args.chunk)
+    engine = AvatarEngine(bundle, load_backend(bundle, args.backend, shape), settings)
+    partial = args.out.with_name(f".{args.out.stem}.partial{args.out.suffix}")
+    try:
+        with tqdm(total=frames, desc="render (causal)", unit="frame", disable=args.quiet, leave=False) as bar:
+            images = (
+                frame.image for frame in stream_file(engine, audio, bar.update) if frame.image is not None
+            )
+            count = write_mp4(partial, images, bundle.manifest.fps, audio, bundle.manifest.sample_rate_hz)
+        partial.replace(args.out)
+    finally:
+        partial.unlink(missing_ok=True)
+        engine.close()
+    print(f"video: {args.out} ({count} frames, causal streaming path, {engine.backend.name} backend)")
     return 0
 
 
@@ -343,6 +380,13 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument(
         "--crop-only", action="store_true", help="write the rendered face crop, not the full frame"
     )
+    render.add_argument(
+        "--causal",
+        action="store_true",
+        help="render through the live streaming pipeline (causal smoothing, chunks, voice gate)",
+    )
+    render.add_argument("--chunk", type=_positive_int, help="--causal: frames per chunk (default: avatar's)")
+    render.add_argument("--backend", default="auto", help="--causal: inference backend (default auto)")
     render.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     render.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     render.set_defaults(handler=_cmd_render)

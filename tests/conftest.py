@@ -37,7 +37,7 @@ def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_avatar(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A `tiny` avatar bundle trained for a few steps per stage on the synthetic dataset."""
+    """A `tiny` avatar bundle trained briefly (30 steps per stage) on the synthetic dataset."""
     from offline_training.train.settings import TrainSettings
     from offline_training.train.trainer import Trainer
 
@@ -46,7 +46,7 @@ def tiny_avatar(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactor
         dataset=synthetic_dataset,
         out=out,
         preset="tiny",
-        steps=5,
+        steps=30,
         show_progress=False,
         val_every=1000,
         checkpoint_every=1000,

@@ -92,7 +92,8 @@ class StreamingConfig(_Config):
     """How the networks run on a live stream (DESIGN.md section 5); the backends' fixed shapes.
 
     Attributes:
-        chunk_frames: C, new frames rendered per call.
+        chunk_frames: C, new frames rendered per call; 2 keeps the `small` avatar's output delay
+            at 240 ms on a 2-core CPU (each frame of C adds 40 ms; see realtime.settings).
         past_frames: P, earlier frames the renderer's dependency module attends to; default
             ``sequence_length - C`` (the window the renderer was trained on).
         audio_window_frames: frames of audio features the audio-to-expression model sees per call
@@ -102,7 +103,7 @@ class StreamingConfig(_Config):
         max_batch: sessions whose chunks one call may batch.
     """
 
-    chunk_frames: int = Field(4, ge=1)
+    chunk_frames: int = Field(2, ge=1)
     past_frames: int | None = Field(None, ge=0)
     audio_window_frames: int = Field(50, ge=1)
     smoothing_window_frames: int = Field(20, ge=1)
