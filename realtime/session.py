@@ -5,11 +5,14 @@ stream frame ``k - D`` and carries the input samples ``[(k - D)·640, (k - D + 1
 and lips leave together and the audio out is the audio in, sample-exact, delayed by D·40 ms.
 
 Real-time mode (live input): output frame ``k`` is due at ``start + k·40 ms`` by the session's
-clock and is emitted then whatever happens — a frame that is not rendered in time is replaced by
-the previous image (counted as skipped) and the renderer skips chunks that could not be ready in
-time, so delay never accumulates. Input that arrives later than ``input_jitter_ms`` is replaced
-by silence (and the late samples dropped when they come), input more than
-``max_input_ahead_ms`` ahead is dropped: the queues are bounded in milliseconds.
+clock and is emitted then whatever happens. A frame not rendered in time is replaced by the
+newest image rendered since (a late one) or the previous image (counted as skipped); when the
+renderer is behind and a newer chunk is already waiting, it skips the older chunk. The shown
+image therefore lags its slot by at most about one chunk's compute, and the lag falls back to
+zero as soon as compute keeps up: delay never accumulates, the audio never stops. Input that
+arrives later than ``input_jitter_ms`` is replaced by silence (and the late samples dropped when
+they come), input more than ``max_input_ahead_ms`` ahead is dropped: the queues are bounded in
+milliseconds.
 
 Offline mode (files, tests): no clock; every frame is rendered and frames are emitted as fast as
 the consumer takes them.
@@ -254,7 +257,8 @@ class StreamingSession:
             last = first + stream.chunk - 1
             if self.realtime and self._start is not None:
                 now = self.clock()
-                if now + self._compute_ms / 1000 > self._due_time(last):
+                late = now + self._compute_ms / 1000 > self._due_time(last)
+                if late and stream.chunks_ready() > 1:  # spend the compute on the newer chunk
                     frames = stream.render_chunk(render=False)
                     self.stats.chunks_skipped += 1
                     out += frames
@@ -294,7 +298,7 @@ class StreamingSession:
                 self._finished = True
             for frame in frames:
                 index = frame.index + self.delay
-                if index >= self._next_out:
+                if index >= self._next_out or frame.image is not None:  # late images still show
                     self._ready[index] = frame
                 if frame.image is not None:
                     self.stats.frames_rendered += 1
@@ -355,10 +359,14 @@ class StreamingSession:
                     self._wake.set()
                     await self._consumed.wait()
             self._raise_if_failed()
-            source = self._ready.pop(index, None)
+            source = self._ready.get(index)
             skipped = source is None or source.image is None
             if source is not None and source.image is not None:
                 previous, shown = source.image, index
+            else:  # not in time: the newest image rendered late, else the previous one again
+                late = [k for k, frame in self._ready.items() if k < index and frame.image is not None]
+                if late:
+                    previous, shown = self._ready[max(late)].image, max(late)
             if previous is None:
                 previous = self.engine.frames.full_frame(0)
             if self.realtime and self._start is not None:

@@ -154,7 +154,11 @@ class AvatarStream:
 
     def chunk_ready(self) -> bool:
         """Whether the audio of the next chunk and its look-ahead is in."""
-        return self.features.frames >= self._next + self.chunk + self.lookahead
+        return self.chunks_ready() > 0
+
+    def chunks_ready(self) -> int:
+        """How many chunks, from the next one on, have all their audio."""
+        return max(0, (self.features.frames - self.lookahead - self._next) // self.chunk)
 
     def render_chunk(self, render: bool = True) -> list[StreamFrame]:
         """Render the next chunk (``render=False``: skip the renderer, return frames without images).
