@@ -9,6 +9,7 @@ frames are decoded on demand with a small LRU cache (ping-pong playback reads th
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 
 import numpy as np
@@ -27,7 +28,8 @@ FULL_FRAME_CACHE = 32
 
 
 class AvatarFrames:
-    """Face shapes, eroded references and paste-back for one avatar (thread-compatible, not shared)."""
+    """Face shapes, eroded references and paste-back for one avatar; safe to use from several
+    threads (caches fill idempotently, the full-frame LRU is locked)."""
 
     def __init__(self, bundle: AvatarBundle) -> None:
         self.bundle = bundle
@@ -42,6 +44,7 @@ class AvatarFrames:
         self._masks: dict[int, npt.NDArray[np.uint8]] = {}
         self._paste: dict[int, FloatArray] = {}
         self._full: OrderedDict[int, ImageRGB] = OrderedDict()
+        self._full_lock = threading.Lock()
         self.rest_mouth = self._rest_mouth()
 
     def _rest_mouth(self) -> FloatArray:
@@ -98,14 +101,16 @@ class AvatarFrames:
 
     def full_frame(self, reference_index: int) -> ImageRGB:
         """(H, W, 3) full reference frame (LRU cached)."""
-        cached = self._full.get(reference_index)
-        if cached is None:
-            cached = self.reference.full_frame(reference_index)
+        with self._full_lock:
+            cached = self._full.get(reference_index)
+            if cached is not None:
+                self._full.move_to_end(reference_index)
+                return cached
+        cached = self.reference.full_frame(reference_index)
+        with self._full_lock:
             self._full[reference_index] = cached
-            if len(self._full) > FULL_FRAME_CACHE:
+            while len(self._full) > FULL_FRAME_CACHE:
                 self._full.popitem(last=False)
-        else:
-            self._full.move_to_end(reference_index)
         return cached
 
     def paste(self, reference_index: int, rendered: FloatArray) -> ImageRGB:

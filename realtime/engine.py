@@ -1,26 +1,67 @@
-"""One loaded avatar shared by many sessions: the bundle, one backend and one worker thread.
+"""One loaded avatar shared by many sessions: the bundle, one backend and a few worker threads.
 
 Every computation of every session (features, networks, raster, paste-back) runs on the engine's
-single worker thread, in the order the sessions submit it, so the backend and the per-avatar
-caches are only ever touched from that thread and the event loop never blocks on compute.
+worker threads, never on the event loop. A session's work is sequential; different sessions'
+work overlaps, so one session's rasterising and pasting (Python, one core) runs while another's
+chunk is in the backend (which uses every core). Backend calls go through a lock, one at a time,
+and their outputs are copied before the lock is released (backends reuse their buffers).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from threadpoolctl import threadpool_limits
 
 from engines.avatar_frames import AvatarFrames
 from engines.backends import StreamShape, load_backend
-from engines.backends.base import Backend
+from engines.backends.base import Backend, ChunkInput, ChunkOutput, FloatArray
 from engines.bundle import AvatarBundle
 from realtime.settings import FRAME_MS, StreamSettings, output_delay_frames
 from realtime.stream import AvatarStream
 
 logger = logging.getLogger(__name__)
+
+
+class SerializedBackend:
+    """A backend shared by worker threads: one call at a time, outputs copied out under the lock."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.shape = inner.shape
+        self._lock = threading.Lock()
+
+    def expressions(self, audio: FloatArray) -> FloatArray:
+        with self._lock:
+            return self.inner.expressions(audio).copy()
+
+    def smoothing_weights(self, mouth: FloatArray) -> FloatArray:
+        with self._lock:
+            return self.inner.smoothing_weights(mouth).copy()
+
+    def run(self, chunk: ChunkInput) -> ChunkOutput:
+        with self._lock:
+            result = self.inner.run(chunk)
+            return ChunkOutput(frames=result.frames.copy(), features=result.features.copy())
+
+    def describe(self) -> dict[str, Any]:
+        return self.inner.describe()
+
+    def close(self) -> None:
+        with self._lock:
+            self.inner.close()
+
+    def __enter__(self) -> SerializedBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class AvatarEngine:
@@ -30,20 +71,26 @@ class AvatarEngine:
         bundle: the avatar.
         backend: a backend loaded for this avatar's networks.
         settings: default stream settings of its sessions.
+        workers: worker threads (default: the machine's cores, at most 4).
     """
 
     def __init__(
-        self, bundle: AvatarBundle, backend: Backend, settings: StreamSettings | None = None
+        self,
+        bundle: AvatarBundle,
+        backend: Backend,
+        settings: StreamSettings | None = None,
+        workers: int | None = None,
     ) -> None:
         self.bundle = bundle
-        self.backend = backend
+        self.backend = SerializedBackend(backend)
         self.settings = settings or StreamSettings()
         # Process-wide: numpy's per-frame products are tiny, and BLAS threads would only wait on
         # cores that the backend's own thread pool keeps busy.
         threadpool_limits(limits=1, user_api="blas")
         self.frames = AvatarFrames(bundle)
         self.executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"stableface-{bundle.manifest.name}"
+            max_workers=workers or min(4, os.cpu_count() or 1),
+            thread_name_prefix=f"stableface-{bundle.manifest.name}",
         )
         self.lookahead_frames = bundle.config.audio.lookahead_frames
         self.delay_frames = output_delay_frames(

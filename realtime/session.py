@@ -54,9 +54,10 @@ class OutputFrame:
         index: k, output frame number; its presentation time is ``k / 25`` s.
         image: (H, W, 3) uint8 RGB.
         audio: (640,) float32 16 kHz samples that play with this frame.
-        skipped: True when the frame repeats an earlier image (not rendered in time).
-        source: the stream frame of this moment (mouth geometry, voice gate; its image is None
-            when its chunk was skipped), None when it was not computed in time at all.
+        skipped: True when the slot's own frame was not rendered in time and an earlier (or
+            late) image is shown instead.
+        source: the stream frame whose image is shown (its ``index`` + the delay is the slot it
+            was made for; mouth geometry, voice gate), None before the first image.
     """
 
     index: int
@@ -344,6 +345,7 @@ class StreamingSession:
         await self.start()
         previous: ImageRGB | None = None
         shown = 0
+        shown_source: StreamFrame | None = None
         while not self._closed:
             index = self._next_out
             last = self._last_output_index()
@@ -362,11 +364,12 @@ class StreamingSession:
             source = self._ready.get(index)
             skipped = source is None or source.image is None
             if source is not None and source.image is not None:
-                previous, shown = source.image, index
+                previous, shown, shown_source = source.image, index, source
             else:  # not in time: the newest image rendered late, else the previous one again
                 late = [k for k, frame in self._ready.items() if k < index and frame.image is not None]
                 if late:
-                    previous, shown = self._ready[max(late)].image, max(late)
+                    shown_source = self._ready[max(late)]
+                    previous, shown = shown_source.image, max(late)
             if previous is None:
                 previous = self.engine.frames.full_frame(0)
             if self.realtime and self._start is not None:
@@ -381,7 +384,7 @@ class StreamingSession:
             self.stats.lag_ms = (index - shown) * FRAME_MS
             self.stats.max_lag_ms = max(self.stats.max_lag_ms, self.stats.lag_ms)
             self._wake.set()
-            yield OutputFrame(index, previous, audio, skipped, source)
+            yield OutputFrame(index, previous, audio, skipped, shown_source)
 
     def _producer_done(self) -> bool:
         return self._producer is not None and self._producer.done()
