@@ -35,6 +35,7 @@ import numpy.typing as npt
 from engines.errors import InputError
 from realtime.audio_input import AudioInput
 from realtime.engine import AvatarEngine
+from realtime.memory import release_freed_memory
 from realtime.settings import FRAME_MS, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME, StreamSettings
 from realtime.stream import AvatarStream, StreamFrame
 
@@ -407,3 +408,4 @@ class StreamingSession:
         self._pending.clear()
         self._stream = None
         self._log = _SampleLog()
+        release_freed_memory()
