@@ -234,7 +234,7 @@ def test_tensorrt_cache_key_changes_with_everything_that_changes_the_engine() ->
     base = ("a" * 64, "NVIDIA H100 80GB HBM3", "10.9.0", "fp16", shape)
     keys = {engine_cache_key(*base)}
     for index, value in enumerate(
-        ["b" * 64, "NVIDIA H200", "10.10.0", "fp32", StreamShape.for_config(CONFIG, 2)]
+        ["b" * 64, "NVIDIA H200", "10.10.0", "fp32", StreamShape.for_config(CONFIG, 3)]
     ):
         changed = list(base)
         changed[index] = value
