@@ -276,8 +276,8 @@ class StreamingSession:
                 self.stats.render_slack_ms.append(1000 * (self._due_time(first) - finished))
                 del self.stats.render_slack_ms[:-1000]
             out += frames
-            if not self.realtime and len(out) >= OFFLINE_FRAMES_AHEAD:
-                break
+            if self.realtime or len(out) >= OFFLINE_FRAMES_AHEAD:
+                break  # live: one render per job, so the sessions on this worker take turns
         for stage, values in stream.times.recent.items():
             self.stats.stage_ms[stage] = values[-500:]
         return out
