@@ -67,8 +67,15 @@ def test_audio_to_expression_generalises_to_the_held_out_tail(
     untrained = Trainer(_settings(synthetic_dataset, tmp_path / "untrained", stage="a2e", steps=1))
     untrained.training_dir.mkdir(parents=True)
     before = untrained.validate("a2e", 0)["val/a2e_l1"]
-    report = Trainer(_settings(synthetic_dataset, tmp_path / "avatar", stage="a2e", steps=200)).run()
+    report = Trainer(
+        _settings(synthetic_dataset, tmp_path / "avatar", stage="a2e", steps=200, val_every=50)
+    ).run()
     assert report.validation["val/a2e_l1"] < 0.93 * before, (before, report.validation)
+    # the stage ends with its best validated weights, which the bundle carries
+    lines = (tmp_path / "avatar" / "training" / "metrics.jsonl").read_text().splitlines()
+    seen = [json.loads(line)["val/a2e_l1"] for line in lines if '"val/a2e_l1"' in line]
+    assert len(seen) >= 4
+    assert report.validation["val/a2e_l1"] == pytest.approx(min(seen), abs=1e-6)
 
 
 def test_resume_continues_from_the_same_step_with_the_same_result(
