@@ -25,7 +25,8 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,16 +86,16 @@ class SessionStats:
     audio_dropped_ms: float = 0.0
     lag_ms: float = 0.0
     max_lag_ms: float = 0.0
-    render_slack_ms: list[float] = field(default_factory=list)
+    render_slack_ms: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
     stage_ms: dict[str, list[float]] = field(default_factory=dict)
 
     def snapshot(self) -> dict[str, Any]:
         """Plain numbers: counters and p50/p95 of the per-chunk stage times and render slack."""
 
-        def quantiles(values: list[float]) -> dict[str, float]:
-            if not values:
+        def quantiles(values: Iterable[float]) -> dict[str, float]:
+            array = np.asarray(list(values)[-500:])
+            if not len(array):
                 return {}
-            array = np.asarray(values[-500:])
             return {"p50": float(np.percentile(array, 50)), "p95": float(np.percentile(array, 95))}
 
         return {
@@ -248,6 +249,7 @@ class StreamingSession:
         """On the worker thread: feed audio, render (or skip) every ready chunk."""
         if self._stream is None:
             self._stream = self.engine.new_stream(self.settings)
+            self.stats.stage_ms = self._stream.times.recent  # the stream's own bounded lists
         stream = self._stream
         for samples in pending:
             stream.push(samples)
@@ -274,13 +276,19 @@ class StreamingSession:
             if self._start is not None:
                 finished = self.clock()
                 self.stats.render_slack_ms.append(1000 * (self._due_time(first) - finished))
-                del self.stats.render_slack_ms[:-1000]
             out += frames
             if self.realtime or len(out) >= OFFLINE_FRAMES_AHEAD:
                 break  # live: one render per job, so the sessions on this worker take turns
-        for stage, values in stream.times.recent.items():
-            self.stats.stage_ms[stage] = values[-500:]
         return out
+
+    def _store(self, frames: list[StreamFrame]) -> None:
+        """Keep computed frames for their output slots (late images too: they still show)."""
+        for frame in frames:
+            index = frame.index + self.delay
+            if index >= self._next_out or (frame.image is not None and index >= 0):
+                self._ready[index] = frame
+            if frame.image is not None:
+                self.stats.frames_rendered += 1
 
     async def _produce(self) -> None:
         try:
@@ -298,12 +306,7 @@ class StreamingSession:
             frames = await loop.run_in_executor(self.engine.executor, self._work, pending, end)
             if end:
                 self._finished = True
-            for frame in frames:
-                index = frame.index + self.delay
-                if index >= self._next_out or frame.image is not None:  # late images still show
-                    self._ready[index] = frame
-                if frame.image is not None:
-                    self.stats.frames_rendered += 1
+            self._store(frames)
             self._consumed.set()
             stream = self._stream
             if stream is not None and stream.chunk_ready():
@@ -325,13 +328,7 @@ class StreamingSession:
         if self._producer is not None:
             return
         loop = asyncio.get_running_loop()
-        warmup = await loop.run_in_executor(self.engine.executor, self._work, [], False)
-        for frame in warmup:
-            index = frame.index + self.delay
-            if index >= 0:
-                self._ready[index] = frame
-            if frame.image is not None:
-                self.stats.frames_rendered += 1
+        self._store(await loop.run_in_executor(self.engine.executor, self._work, [], False))
         self._start = self.clock()
         self._producer = asyncio.create_task(self._produce())
 

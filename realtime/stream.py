@@ -183,7 +183,8 @@ class AvatarStream:
             eroded = np.stack([self.frames.eroded(r) for r in references])[None]
             audio = np.stack([self.features.rows[t] for t in range(t0, t0 + count)])[None]
             result = self.backend.run(ChunkInput(self._cache, eroded, shapes[None], audio))
-            crops, features = result.frames[0].copy(), result.features.copy()
+            # valid until the next backend call; used (and the features copied) before it
+            crops, features = result.frames[0], result.features
             started = self.times.add("renderer", started)
         else:
             features = np.repeat(self._cache[:, -1:], count, axis=1) if self.past else self._cache
