@@ -151,6 +151,7 @@ class StreamingSession:
             frame and emit as fast as consumed (files, tests).
         settings: overrides the engine's stream settings for this session.
         clock: monotonic seconds (tests may slow or speed it).
+        on_stage_ms: called with (stage, ms) for each stage of each chunk, on the worker thread.
     """
 
     def __init__(
@@ -159,11 +160,13 @@ class StreamingSession:
         realtime: bool = True,
         settings: StreamSettings | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_stage_ms: Callable[[str, float], None] | None = None,
     ) -> None:
         self.engine = engine
         self.realtime = realtime
         self.settings = settings or engine.settings
         self.clock = clock
+        self.on_stage_ms = on_stage_ms
         self.delay = engine.delay_frames
         self.stats = SessionStats(latency_ms=self.delay * FRAME_MS)
         self._input = AudioInput()
@@ -249,6 +252,7 @@ class StreamingSession:
         """On the worker thread: feed audio, render (or skip) every ready chunk."""
         if self._stream is None:
             self._stream = self.engine.new_stream(self.settings)
+            self._stream.times.observer = self.on_stage_ms
             self.stats.stage_ms = self._stream.times.recent  # the stream's own bounded lists
         stream = self._stream
         for samples in pending:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -66,15 +67,23 @@ class StreamFrame:
 
 @dataclass
 class StageTimes:
-    """Milliseconds per chunk spent in each stage (recent chunks)."""
+    """Milliseconds per chunk spent in each stage (recent chunks).
+
+    Attributes:
+        observer: called with (stage, ms) for every measurement (metrics); on the worker thread.
+    """
 
     recent: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     keep: int = 500
+    observer: Callable[[str, float], None] | None = None
 
     def add(self, stage: str, started: float) -> float:
         now = time.perf_counter()
         values = self.recent[stage]
-        values.append(1000 * (now - started))
+        elapsed = 1000 * (now - started)
+        values.append(elapsed)
+        if self.observer is not None:
+            self.observer(stage, elapsed)
         if len(values) > 2 * self.keep:
             del values[: self.keep]
         return now

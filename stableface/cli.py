@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from engines.errors import StableFaceError
+from stableface.argtypes import positive_float, positive_int
+from stableface.live_commands import add_live_parser, add_serve_parser
 
 if TYPE_CHECKING:
     import numpy as np
@@ -32,8 +34,6 @@ EXIT_INTERRUPTED = 130
 
 ROADMAP = {
     "eval": (4, "Evaluation: MSI and the paper's metrics"),
-    "serve": (7, "Serving: WebRTC server and browser client"),
-    "live": (7, "Serving: local microphone, virtual camera"),
     "bench": (8, "Latency and throughput benchmarks"),
 }
 
@@ -266,20 +266,6 @@ def _not_built(command: str) -> Handler:
     return handler
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stableface",
@@ -302,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument(
         "--audio", type=Path, help="speech as a separate file, for videos without an audio track"
     )
-    prepare.add_argument("--size", type=_positive_int, default=256, help="crop side in pixels (default 256)")
+    prepare.add_argument("--size", type=positive_int, default=256, help="crop side in pixels (default 256)")
     prepare.add_argument(
         "--tracker",
         choices=["mediapipe", "face-alignment", "onnx68"],
@@ -310,9 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="landmark tracker (default mediapipe: 478 points, needs no download)",
     )
     prepare.add_argument("--tracker-model", type=Path, help="the 68-point ONNX model for --tracker onnx68")
-    prepare.add_argument("--mouth-dims", type=_positive_int, default=32, help="mouth parameters (default 32)")
+    prepare.add_argument("--mouth-dims", type=positive_int, default=32, help="mouth parameters (default 32)")
     prepare.add_argument(
-        "--upper-dims", type=_positive_int, default=16, help="upper-face parameters (default 16)"
+        "--upper-dims", type=positive_int, default=16, help="upper-face parameters (default 16)"
     )
     prepare.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     prepare.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -339,23 +325,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     length = train.add_mutually_exclusive_group()
     length.add_argument(
-        "--steps", type=_positive_int, help="optimiser steps per stage (joint: a fifth with --stage all)"
+        "--steps", type=positive_int, help="optimiser steps per stage (joint: a fifth with --stage all)"
     )
-    length.add_argument("--epochs", type=_positive_float, help="passes over the training sequences per stage")
+    length.add_argument("--epochs", type=positive_float, help="passes over the training sequences per stage")
     train.add_argument(
         "--resume", action="store_true", help="continue from the newest checkpoint in OUT/training"
     )
     train.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     train.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    train.add_argument("--batch-size", type=_positive_int, default=2, help="sequences per step (default 2)")
+    train.add_argument("--batch-size", type=positive_int, default=2, help="sequences per step (default 2)")
     train.add_argument(
         "--vgg-weights", type=Path, help="VGG19 weights for the perceptual loss (.pth or .safetensors)"
     )
     train.add_argument(
-        "--val-every", type=_positive_int, default=200, help="validate every N steps (default 200)"
+        "--val-every", type=positive_int, default=200, help="validate every N steps (default 200)"
     )
     train.add_argument(
-        "--checkpoint-every", type=_positive_int, default=500, help="checkpoint every N steps (default 500)"
+        "--checkpoint-every", type=positive_int, default=500, help="checkpoint every N steps (default 500)"
     )
     train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     train.add_argument(
@@ -385,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="render through the live streaming pipeline (causal smoothing, chunks, voice gate)",
     )
-    render.add_argument("--chunk", type=_positive_int, help="--causal: frames per chunk (default: avatar's)")
+    render.add_argument("--chunk", type=positive_int, help="--causal: frames per chunk (default: avatar's)")
     render.add_argument("--backend", default="auto", help="--causal: inference backend (default auto)")
     render.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     render.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -406,10 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision", choices=["fp32", "fp16"], default="fp32", help="fp16: TensorRT only (default fp32)"
     )
     export.add_argument(
-        "--chunk", type=_positive_int, help="new frames per renderer call (default: avatar's)"
+        "--chunk", type=positive_int, help="new frames per renderer call (default: avatar's)"
     )
     export.add_argument("--past", type=int, help="cached past frames per call (default: window - chunk)")
-    export.add_argument("--max-batch", type=_positive_int, help="most sessions per call (default 1)")
+    export.add_argument("--max-batch", type=positive_int, help="most sessions per call (default 1)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing export")
     export.set_defaults(handler=_cmd_export)
 
@@ -420,12 +406,14 @@ def build_parser() -> argparse.ArgumentParser:
         "mouth follows generated speech-like audio. Deterministic from --seed.",
     )
     synth.add_argument("--out", type=Path, required=True, help="MP4 file to write")
-    synth.add_argument("--seconds", type=_positive_float, default=8.0, help="duration (default 8)")
+    synth.add_argument("--seconds", type=positive_float, default=8.0, help="duration (default 8)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    synth.add_argument("--size", type=_positive_int, default=256, help="frame side in pixels (default 256)")
+    synth.add_argument("--size", type=positive_int, default=256, help="frame side in pixels (default 256)")
     synth.add_argument("--audio-out", type=Path, help="write the audio to this WAV instead of into the MP4")
     synth.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     synth.set_defaults(handler=_cmd_synth)
+    add_serve_parser(sub)
+    add_live_parser(sub)
 
     for command, (issue, title) in ROADMAP.items():
         placeholder = sub.add_parser(

@@ -1,0 +1,96 @@
+"""Prometheus metrics of one server process (``GET /metrics``).
+
+One registry per server, so that several servers in one process (tests) keep their own counts.
+Latencies are in milliseconds, as everywhere in this project; histogram buckets cover a 2-core CPU
+(tens of ms per stage) down to a GPU (single ms).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+STAGE_BUCKETS_MS = (0.5, 1, 2, 5, 10, 20, 40, 60, 80, 120, 160, 250, 500, 1000)
+NETWORK_BUCKETS_MS = (1, 2, 5, 10, 20, 40, 80, 120, 160, 200, 250, 300, 400, 500, 750, 1000, 2000)
+FPS_WINDOW_S = 5.0
+
+
+class ServerMetrics:
+    """Counters, gauges and histograms the server and its sessions update."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.sessions_active = Gauge("stableface_sessions_active", "Sessions streaming now", registry=r)
+        self.sessions_max = Gauge("stableface_sessions_max", "Session limit of this server", registry=r)
+        self.sessions_total = Counter(
+            "stableface_sessions", "Sessions ended, by how they ended", ["reason"], registry=r
+        )
+        self.offers_rejected = Counter(
+            "stableface_offers_rejected", "Offers refused, by reason", ["reason"], registry=r
+        )
+        self.frames_sent = Counter("stableface_frames_sent", "Video frames sent, all sessions", registry=r)
+        self.frames_skipped = Counter(
+            "stableface_frames_skipped",
+            "Output slots that repeated an earlier image (frame not rendered in time)",
+            registry=r,
+        )
+        self.output_fps = Gauge(
+            "stableface_output_frames_per_second",
+            f"Video frames sent per second, all sessions, over the last {FPS_WINDOW_S:g} s",
+            registry=r,
+        )
+        self.pipeline_latency_ms = Gauge(
+            "stableface_pipeline_latency_ms",
+            "Configured output delay: audio in -> lips and audio out, per avatar",
+            ["avatar"],
+            registry=r,
+        )
+        self.stage_ms = Histogram(
+            "stableface_stage_latency_ms",
+            "Compute time per chunk and stage",
+            ["stage"],
+            buckets=STAGE_BUCKETS_MS,
+            registry=r,
+        )
+        self.frame_lag_ms = Histogram(
+            "stableface_frame_lag_ms",
+            "How far the image shown lags its output slot (0 = rendered in time)",
+            buckets=(0, 40, 80, 120, 160, 240, 400, 1000),
+            registry=r,
+        )
+        self.client_rtt_ms = Histogram(
+            "stableface_client_rtt_ms",
+            "Round trip client -> server -> client measured by data-channel ping, reported by clients",
+            buckets=NETWORK_BUCKETS_MS,
+            registry=r,
+        )
+        self.glass_to_glass_ms = Histogram(
+            "stableface_glass_to_glass_ms",
+            "Client estimate of microphone -> screen: network round trip + pipeline delay + its "
+            "jitter buffer and decoding",
+            buckets=NETWORK_BUCKETS_MS,
+            registry=r,
+        )
+        self._frame_times: deque[float] = deque()
+
+    def frame_sent(self, skipped: bool, lag_ms: float) -> None:
+        """Count one video frame sent by any session."""
+        self.frames_sent.inc()
+        if skipped:
+            self.frames_skipped.inc()
+        self.frame_lag_ms.observe(lag_ms)
+        now = time.monotonic()
+        self._frame_times.append(now)
+        while self._frame_times and self._frame_times[0] < now - FPS_WINDOW_S:
+            self._frame_times.popleft()
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        now = time.monotonic()
+        while self._frame_times and self._frame_times[0] < now - FPS_WINDOW_S:
+            self._frame_times.popleft()
+        self.output_fps.set(len(self._frame_times) / FPS_WINDOW_S)
+        return generate_latest(self.registry)

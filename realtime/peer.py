@@ -1,0 +1,306 @@
+"""One WebRTC call: a browser's (or any peer's) audio in, the avatar's video and delayed audio out.
+
+A ``PeerSession`` owns an aiortc ``RTCPeerConnection`` and a ``StreamingSession``. Tasks: one
+reads the remote audio track into the session, one pumps the session's paced output into the
+video and audio tracks, one sends stats over the data channel once a second. Any ending — hang-up,
+ICE failure, a peer that vanishes, a timeout, server shutdown — goes through ``close``, which is
+idempotent and frees everything; a failure inside one session never reaches another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.sdp import SessionDescription
+
+from engines.errors import InputError
+from realtime.engine import AvatarEngine
+from realtime.metrics import ServerMetrics
+from realtime.session import StreamingSession
+from realtime.webrtc_tracks import AvatarVideoTrack, DelayedAudioTrack, audio_frame_samples
+
+logger = logging.getLogger(__name__)
+
+STATS_INTERVAL_S = 1.0
+FIRST_AUDIO_WAIT_S = 3.0  # after connecting, start the avatar even if no audio has come yet
+MAX_MESSAGE_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class PeerTimeouts:
+    """When a call is given up.
+
+    Attributes:
+        connect_s: from the answer until ICE and DTLS are up.
+        disconnected_s: how long a ``disconnected`` connection may take to recover.
+        max_session_s: longest call (0: no limit).
+    """
+
+    connect_s: float = 20.0
+    disconnected_s: float = 5.0
+    max_session_s: float = 0.0
+
+
+def check_offer(sdp: str, kind: str) -> None:
+    """Refuse offers the avatar cannot serve, before any WebRTC state is made.
+
+    Raises:
+        InputError: not an SDP offer, no audio sent by the peer, or no video it can receive.
+    """
+    if kind != "offer":
+        raise InputError(f'"type" must be "offer", got {kind!r}')
+    if not sdp.lstrip().startswith("v=0"):
+        raise InputError("not an SDP session description (it must start with v=0)")
+    try:
+        media = SessionDescription.parse(sdp).media
+    except (ValueError, IndexError, KeyError) as exc:
+        raise InputError(f"malformed SDP: {exc}") from None
+    if not media:
+        raise InputError("malformed SDP: no media sections")
+    directions = {(m.kind, m.direction or "sendrecv") for m in media if m.port != 0}
+    if not any(k == "audio" and d in ("sendrecv", "sendonly") for k, d in directions):
+        raise InputError("the offer sends no audio: the avatar needs the caller's microphone (or a file)")
+    if not any(k == "video" and d in ("sendrecv", "recvonly") for k, d in directions):
+        raise InputError("the offer receives no video: add a video transceiver (recvonly)")
+
+
+class PeerSession:
+    """A call between one peer and one avatar.
+
+    Args:
+        engine: the avatar chosen by the client.
+        avatar: its name (logs and stats).
+        configuration: ICE servers for this peer connection.
+        metrics: the server's metrics.
+        timeouts: when to give up the call.
+        on_closed: called once with this session and the reason when it has ended.
+    """
+
+    def __init__(
+        self,
+        engine: AvatarEngine,
+        avatar: str,
+        configuration: RTCConfiguration,
+        metrics: ServerMetrics,
+        timeouts: PeerTimeouts,
+        on_closed: Callable[[PeerSession, str], None],
+    ) -> None:
+        self.id = f"{avatar}-{id(self):x}"
+        self.avatar = avatar
+        self.engine = engine
+        self.metrics = metrics
+        self.timeouts = timeouts
+        self._on_closed = on_closed
+        self.pc = RTCPeerConnection(configuration)
+        self.session = StreamingSession(
+            engine, realtime=True, on_stage_ms=lambda stage, ms: metrics.stage_ms.labels(stage).observe(ms)
+        )
+        self.video = AvatarVideoTrack()
+        self.audio = DelayedAudioTrack()
+        self.channel: RTCDataChannel | None = None
+        self.started = time.monotonic()
+        self.reason: str | None = None
+        self.audio_frames_in = 0
+        self._first_audio = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing: asyncio.Task[None] | None = None
+        self._disconnect_timer: asyncio.TimerHandle | None = None
+
+    async def answer(self, sdp: str, kind: str) -> RTCSessionDescription:
+        """Take the peer's offer, attach the avatar's tracks and return the answer (ICE gathered).
+
+        Raises:
+            InputError: the offer is malformed or unusable (the session is closed).
+        """
+        check_offer(sdp, kind)
+        pc = self.pc
+        pc.on("track", self._on_track)
+        pc.on("datachannel", self._on_datachannel)
+        pc.on("connectionstatechange", self._on_connection_state)
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+            pc.addTrack(self.video)
+            pc.addTrack(self.audio)
+            await pc.setLocalDescription(await pc.createAnswer())
+        except (ValueError, KeyError, IndexError, AttributeError) as exc:
+            await self.close("bad offer")
+            raise InputError(f"unusable SDP offer: {type(exc).__name__}: {exc}") from None
+        self._spawn(self._pump())
+        self._spawn(self._send_stats())
+        self._spawn(self._watchdog())
+        return pc.localDescription
+
+    # ------------------------------------------------------------------ tasks
+
+    def _spawn(self, coroutine: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled() or self.reason is not None:
+            return
+        error = task.exception()
+        if error is not None:
+            logger.error("session %s failed: %s: %s", self.id, type(error).__name__, error)
+            self.close_soon("error")
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio":
+            self._spawn(self._read_audio(track))
+
+    async def _read_audio(self, track: MediaStreamTrack) -> None:
+        """Remote audio (any rate, mono or stereo) into the session, as it arrives."""
+        while self.reason is None:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return  # the peer stopped sending: the session fills silence, the mouth closes
+            samples, rate = audio_frame_samples(frame)  # type: ignore[arg-type]
+            try:
+                await self.session.push_audio(samples, rate)
+            except InputError as exc:
+                logger.warning("session %s: audio frame refused: %s", self.id, exc)
+                continue
+            self.audio_frames_in += 1
+            self._first_audio.set()
+
+    async def _pump(self) -> None:
+        """The session's paced frames into both tracks at once (lip sync).
+
+        The session's clock starts with the first audio that arrives (not with the answer, which
+        comes before ICE and DTLS are up): input then arrives on time from the first frame on.
+        """
+        while not self._first_audio.is_set():
+            if self.pc.connectionState == "connected":
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._first_audio.wait(), FIRST_AUDIO_WAIT_S)
+                break
+            await asyncio.sleep(0.02)
+        async for frame in self.session.frames():
+            self.video.put(frame.index, frame.image)
+            self.audio.put(frame.index, frame.audio)
+            self.metrics.frame_sent(frame.skipped, self.session.stats.lag_ms)
+        self.video.finish()
+        self.audio.finish()
+
+    async def _send_stats(self) -> None:
+        while self.reason is None:
+            await asyncio.sleep(STATS_INTERVAL_S)
+            self._send({"type": "stats", **self.stats()})
+
+    async def _watchdog(self) -> None:
+        """Gives up calls that never connect or last longer than allowed."""
+        await asyncio.sleep(self.timeouts.connect_s)
+        if self.pc.connectionState != "connected":
+            self.close_soon("connect timeout")
+            return
+        if self.timeouts.max_session_s > 0:
+            await asyncio.sleep(max(0.0, self.started + self.timeouts.max_session_s - time.monotonic()))
+            self.close_soon("session time limit")
+
+    # ------------------------------------------------------------------ signalling
+
+    def _on_connection_state(self) -> None:
+        state = self.pc.connectionState
+        logger.info("session %s: connection %s", self.id, state)
+        if self._disconnect_timer is not None:
+            self._disconnect_timer.cancel()
+            self._disconnect_timer = None
+        if state == "failed":
+            self.close_soon("ice failed")
+        elif state == "closed":
+            self.close_soon("hang-up")
+        elif state == "disconnected":
+            self._disconnect_timer = asyncio.get_running_loop().call_later(
+                self.timeouts.disconnected_s, self.close_soon, "peer vanished"
+            )
+
+    def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        self.channel = channel
+        channel.on("message", self._on_message)
+        channel.on("close", lambda: self.close_soon("hang-up"))
+
+    def _on_message(self, message: str | bytes) -> None:
+        """Ping → pong; client measurements → metrics; anything else is ignored (and logged)."""
+        if len(message) > MAX_MESSAGE_BYTES:
+            return
+        try:
+            data = json.loads(message)
+            kind = data["type"]
+        except (ValueError, TypeError, KeyError):
+            logger.debug("session %s: unreadable data-channel message", self.id)
+            return
+        if kind == "ping":
+            self._send({"type": "pong", "id": data.get("id"), "client_ms": data.get("client_ms")})
+        elif kind == "hangup":
+            self.close_soon("hang-up")
+        elif kind == "report":
+            for key, histogram in (
+                ("rtt_ms", self.metrics.client_rtt_ms),
+                ("glass_to_glass_ms", self.metrics.glass_to_glass_ms),
+            ):
+                value = data.get(key)
+                if isinstance(value, int | float) and 0 <= value < 60_000:
+                    histogram.observe(float(value))
+
+    def _send(self, message: dict[str, Any]) -> None:
+        channel = self.channel
+        if channel is not None and channel.readyState == "open":
+            with contextlib.suppress(Exception):  # a closing transport: the session is ending anyway
+                channel.send(json.dumps(message))
+
+    def stats(self) -> dict[str, Any]:
+        """What the client's overlay shows: the pipeline delay, frames, skips, lag, stage times."""
+        snapshot = self.session.stats.snapshot()
+        return {
+            "avatar": self.avatar,
+            "pipeline_latency_ms": snapshot["latency_ms"],
+            "frames_sent": snapshot["frames_out"],
+            "frames_skipped": snapshot["frames_skipped"],
+            "lag_ms": snapshot["lag_ms"],
+            "audio_frames_in": self.audio_frames_in,
+            "stage_ms": snapshot["stage_ms"],
+            "backend": self.engine.backend.name,
+            "uptime_s": round(time.monotonic() - self.started, 1),
+        }
+
+    # ------------------------------------------------------------------ ending
+
+    def close_soon(self, reason: str) -> None:
+        """Start closing (from callbacks); safe to call many times."""
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self.close(reason))
+
+    async def close(self, reason: str) -> None:
+        """End the call and free its state (idempotent)."""
+        if self.reason is not None:
+            return
+        self.reason = reason
+        if self._disconnect_timer is not None:
+            self._disconnect_timer.cancel()
+        current = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not current:
+                task.cancel()
+        for task in list(self._tasks):
+            if task is not current:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self.video.stop()
+        self.audio.stop()
+        with contextlib.suppress(Exception):
+            await self.pc.close()
+        await self.session.close()
+        logger.info("session %s ended: %s", self.id, reason)
+        self._on_closed(self, reason)

@@ -1,0 +1,149 @@
+"""``stableface serve`` and ``stableface live``: argument parsing and the two handlers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from engines.errors import InputError
+from stableface.argtypes import positive_float, positive_int
+
+BACKEND_HELP = "inference backend: auto, onnxruntime-cpu, onnxruntime-cuda, torch-cpu, torch-cuda, tensorrt"
+
+
+def add_serve_parser(sub: Any) -> None:
+    serve = sub.add_parser(
+        "serve",
+        help="serve avatars live over WebRTC (browser client at /)",
+        description="Start the WebRTC avatar server: the browser client at /, POST /offer for SDP "
+        "signalling, /healthz and Prometheus /metrics. Each call sends microphone audio and receives the "
+        "avatar's lip-synced video and the audio delayed to match.",
+    )
+    serve.add_argument(
+        "--avatar",
+        action="append",
+        metavar="[NAME=]PATH|default",
+        help="an avatar bundle to serve; repeat for several (clients choose by NAME); default: the "
+        "bundled default avatar",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port (default 8080, 0: any free port)")
+    serve.add_argument("--backend", default="auto", help=BACKEND_HELP + " (default auto)")
+    serve.add_argument("--max-sessions", type=positive_int, default=4, help="concurrent calls (default 4)")
+    serve.add_argument("--token", help="require this bearer token for /offer and /metrics")
+    serve.add_argument("--cert", type=Path, help="TLS certificate (PEM); browsers need https beyond localhost")
+    serve.add_argument("--key", type=Path, help="TLS private key (PEM)")
+    serve.add_argument(
+        "--ice-server",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="STUN/TURN server, e.g. stun:stun.example.org:3478 or turn:USER:SECRET@turn.example.org:3478; "
+        "repeatable (default none: host candidates only, fine on a LAN)",
+    )
+    serve.add_argument(
+        "--max-session-minutes", type=positive_float, help="end calls after this long (default: no limit)"
+    )
+    serve.set_defaults(handler=cmd_serve)
+
+
+def add_live_parser(sub: Any) -> None:
+    live = sub.add_parser(
+        "live",
+        help="drive an avatar from a local microphone or a file, to a window, virtual camera or Y4M",
+        description="The live pipeline without a browser. Input: a microphone (--mic, PortAudio) or a "
+        "speech file played in real time (--audio). Outputs (any number): --window, --virtual-camera, "
+        "--y4m PATH or --y4m - (stdout, e.g. | ffplay -).",
+    )
+    live.add_argument("--avatar", default="default", metavar="PATH|default", help="avatar bundle (default: the bundled one)")
+    source = live.add_mutually_exclusive_group()
+    source.add_argument("--mic", metavar="DEVICE", nargs="?", const="", help="microphone (name or index; default device)")
+    source.add_argument("--audio", type=Path, metavar="FILE", help="speech file, played in real time")
+    live.add_argument("--virtual-camera", nargs="?", const="", metavar="DEVICE", help="send to a virtual camera")
+    live.add_argument("--window", action="store_true", help="show in a window (q or Esc quits)")
+    live.add_argument("--y4m", metavar="PATH|-", help="write YUV4MPEG2 video to a file or stdout (-)")
+    live.add_argument("--backend", default="auto", help=BACKEND_HELP + " (default auto)")
+    live.add_argument("--seconds", type=positive_float, help="stop after this long")
+    live.set_defaults(handler=cmd_live)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from realtime.avatars import AvatarCatalog, AvatarSpec
+    from realtime.peer import PeerTimeouts
+    from realtime.server import AvatarServer, ServerSettings, parse_ice_server
+
+    for url in args.ice_server:
+        parse_ice_server(url)  # fail before loading models
+    if (args.cert is None) != (args.key is None):
+        raise InputError("--cert and --key go together")
+    if not 0 <= args.port <= 65535:
+        raise InputError(f"--port {args.port}: must be 0..65535")
+    specs = [AvatarSpec.parse(text) for text in (args.avatar or ["default"])]
+    settings = ServerSettings(
+        host=args.host,
+        port=args.port,
+        max_sessions=args.max_sessions,
+        token=args.token,
+        ice_servers=args.ice_server,
+        cert=args.cert,
+        key=args.key,
+        timeouts=PeerTimeouts(max_session_s=60 * (args.max_session_minutes or 0)),
+    )
+    catalog = AvatarCatalog.load(specs, args.backend)
+    try:
+        server = AvatarServer(catalog, settings)
+
+        def ready(url: str) -> None:
+            avatars = ", ".join(
+                f"{a['name']} ({a['backend']}, {a['latency_ms']:.0f} ms)" for a in catalog.describe()
+            )
+            print(f"stableface serve: {url}  avatars: {avatars}  (Ctrl-C stops)", flush=True)
+
+        asyncio.run(server.serve_until_stopped(ready))
+    finally:
+        catalog.close()
+    print("stableface serve: stopped", flush=True)
+    return 0
+
+
+def cmd_live(args: argparse.Namespace) -> int:
+    from realtime.avatars import AvatarSpec
+    from realtime.engine import AvatarEngine
+    from realtime.live import load_speech, push_microphone, push_samples, run_live
+    from realtime.sinks import FrameSink, VirtualCameraSink, WindowSink, Y4MSink
+
+    if not (args.window or args.y4m or args.virtual_camera is not None):
+        raise InputError("choose at least one output: --window, --virtual-camera or --y4m PATH|-")
+    audio = load_speech(args.audio) if args.audio is not None else None
+    sinks: list[FrameSink] = []
+    if args.virtual_camera is not None:
+        sinks.append(VirtualCameraSink(args.virtual_camera or None))
+    if args.window:
+        sinks.append(WindowSink())
+    if args.y4m:
+        sinks.append(Y4MSink(args.y4m))
+    engine = AvatarEngine.load(AvatarSpec.parse(args.avatar).path, args.backend)
+    try:
+        if audio is not None:
+
+            async def feed(session: Any) -> None:
+                await push_samples(session, audio)
+        else:
+
+            async def feed(session: Any) -> None:
+                await push_microphone(session, args.mic or None)
+
+        report = asyncio.run(run_live(engine, sinks, feed, args.seconds))
+    finally:
+        engine.close()
+    logging.getLogger(__name__).info("live ended: %s", report.ended_by)
+    print(
+        f"stableface live: {report.frames} frames ({report.skipped} repeated), latency "
+        f"{report.latency_ms:.0f} ms, ended: {report.ended_by}",
+        file=sys.stderr,
+    )
+    return 0
