@@ -31,6 +31,7 @@ from realtime.webrtc_tracks import AvatarVideoTrack, DelayedAudioTrack, audio_fr
 logger = logging.getLogger(__name__)
 
 STATS_INTERVAL_S = 1.0
+WATCHDOG_INTERVAL_S = 0.25
 FIRST_AUDIO_WAIT_S = 3.0  # after connecting, start the avatar even if no audio has come yet
 MAX_MESSAGE_BYTES = 4096
 
@@ -42,11 +43,14 @@ class PeerTimeouts:
     Attributes:
         connect_s: from the answer until ICE and DTLS are up.
         disconnected_s: how long a ``disconnected`` connection may take to recover.
+        media_s: how long a connected peer may send no audio at all (browsers keep sending
+            packets while muted) before it counts as vanished; ICE consent alone takes 30 s.
         max_session_s: longest call (0: no limit).
     """
 
     connect_s: float = 20.0
     disconnected_s: float = 5.0
+    media_s: float = 10.0
     max_session_s: float = 0.0
 
 
@@ -111,6 +115,8 @@ class PeerSession:
         self.reason: str | None = None
         self.audio_frames_in = 0
         self._first_audio = asyncio.Event()
+        self._connected_at: float | None = None
+        self._last_audio = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing: asyncio.Task[None] | None = None
         self._disconnect_timer: asyncio.TimerHandle | None = None
@@ -173,6 +179,7 @@ class PeerSession:
                 logger.warning("session %s: audio frame refused: %s", self.id, exc)
                 continue
             self.audio_frames_in += 1
+            self._last_audio = time.monotonic()
             self._first_audio.set()
 
     async def _pump(self) -> None:
@@ -200,14 +207,24 @@ class PeerSession:
             self._send({"type": "stats", **self.stats()})
 
     async def _watchdog(self) -> None:
-        """Gives up calls that never connect or last longer than allowed."""
-        await asyncio.sleep(self.timeouts.connect_s)
-        if self.pc.connectionState != "connected":
-            self.close_soon("connect timeout")
-            return
-        if self.timeouts.max_session_s > 0:
-            await asyncio.sleep(max(0.0, self.started + self.timeouts.max_session_s - time.monotonic()))
-            self.close_soon("session time limit")
+        """Gives up calls that never connect, whose peer went silent on the wire, or that last too long."""
+        limits = self.timeouts
+        while self.reason is None:
+            await asyncio.sleep(WATCHDOG_INTERVAL_S)
+            now = time.monotonic()
+            if self._connected_at is None:
+                if self.pc.connectionState == "connected":
+                    self._connected_at = now
+                elif now - self.started > limits.connect_s:
+                    self.close_soon("connect timeout")
+                    return
+                continue
+            if now - max(self._connected_at, self._last_audio) > limits.media_s:
+                self.close_soon("peer vanished")
+                return
+            if limits.max_session_s > 0 and now - self.started > limits.max_session_s:
+                self.close_soon("session time limit")
+                return
 
     # ------------------------------------------------------------------ signalling
 

@@ -74,18 +74,30 @@ class AvatarVideoTrack(_FrameQueueTrack):
 
 
 class DelayedAudioTrack(_FrameQueueTrack):
-    """The session's input audio, delayed with the video: 16 kHz mono s16, 640 samples a frame."""
+    """The session's input audio, delayed with the video: 16 kHz mono s16 in 20 ms frames.
+
+    aiortc's Opus encoder sends whatever one ``recv`` returns as one RTP frame, and a receiver
+    decodes one Opus packet per RTP frame: so every frame handed out must be one 20 ms Opus frame.
+    """
 
     kind = "audio"
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._queue = asyncio.Queue(2 * QUEUE_FRAMES)
+
     def put(self, index: int, samples: FloatArray) -> None:
-        """Queue the (640,) float32 samples that play with output frame ``index``."""
+        """Queue the (640,) float32 samples that play with output frame ``index`` (two frames)."""
         pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype(np.int16)
-        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = SAMPLE_RATE_HZ
-        frame.pts = index * SAMPLES_PER_FRAME
-        frame.time_base = AUDIO_TIME_BASE
-        self._put(frame)
+        half = SAMPLES_PER_FRAME // 2
+        for part in range(2):
+            frame = av.AudioFrame.from_ndarray(
+                pcm[part * half : (part + 1) * half].reshape(1, -1), format="s16", layout="mono"
+            )
+            frame.sample_rate = SAMPLE_RATE_HZ
+            frame.pts = index * SAMPLES_PER_FRAME + part * half
+            frame.time_base = AUDIO_TIME_BASE
+            self._put(frame)
 
 
 def audio_frame_samples(frame: av.AudioFrame) -> tuple[npt.NDArray[np.generic], int]:

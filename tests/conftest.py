@@ -53,3 +53,24 @@ def tiny_avatar(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactor
     )
     Trainer(settings).run()
     return out
+
+
+@pytest.fixture(scope="session")
+def speaking_avatar(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A `tiny` avatar trained long enough (150 steps per stage) that its rendered *pixels* follow
+    the mouth; tests that only read video (WebRTC, the browser) need that. About a minute."""
+    from offline_training.train.settings import TrainSettings
+    from offline_training.train.trainer import Trainer
+
+    out = tmp_path_factory.mktemp("speaking_avatar") / "avatar"
+    settings = TrainSettings(
+        dataset=synthetic_dataset,
+        out=out,
+        preset="tiny",
+        steps=150,
+        show_progress=False,
+        val_every=1000,
+        checkpoint_every=1000,
+    )
+    Trainer(settings).run()
+    return out
