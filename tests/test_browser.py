@@ -1,0 +1,143 @@
+"""The web client in a real, headless Chromium against a real ``stableface serve`` process."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+def _require_chromium() -> None:
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.skip("Chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
+
+
+@pytest.fixture
+def served_avatar(speaking_avatar: Path, tmp_path: Path) -> Iterator[str]:
+    """``stableface serve`` in its own process on a free port; yields its URL."""
+    log = (tmp_path / "serve.log").open("w+")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stableface", "serve", "--avatar", f"face={speaking_avatar}", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        match = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
+        assert match, f"no URL in {line!r}; log: {Path(log.name).read_text()[-2000:]}"
+        yield match.group(1)
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.seek(0)
+        text = log.read()
+        assert process.returncode == 0, text[-2000:]
+        assert "Traceback" not in text and "ERROR" not in text, text[-2000:]
+
+
+def test_chromium_talks_to_the_avatar(served_avatar: str, speaking_avatar: Path, tmp_path: Path) -> None:
+    _require_chromium()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    from engines.media.encode import write_wav
+    from mouth_probe import speech_with_pauses
+
+    speech, _ = speech_with_pauses(9, [("speech", 2.0), ("silence", 0.5)] * 4, rate_hz=48_000)
+    wav = tmp_path / "speech.wav"
+    write_wav(wav, speech, 48_000)
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={wav}",
+        "--autoplay-policy=no-user-gesture-required",
+        "--window-size=900,1100",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=os.devnull), options=options)
+    try:
+        driver.get(served_avatar)
+        driver.find_element(By.ID, "start").click()
+        state: dict[str, object] = {}
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            state = driver.execute_script("return Object.assign({}, window.stableface)")
+            if state["framesReceived"] >= 75 and state["rttMs"] is not None and state["glassToGlassMs"] is not None:  # type: ignore[operator]
+                break
+            assert state["status"] != "error", state["error"]
+            time.sleep(0.5)
+        assert state["status"] == "live", state
+        assert state["framesReceived"] >= 75, state  # type: ignore[operator]
+        assert 0 < state["rttMs"] < 500, state  # type: ignore[operator]
+        assert state["pipelineLatencyMs"] == 240, state
+        overlay = driver.find_element(By.ID, "stat-frames").text
+        assert int(overlay) > 0
+        driver.find_element(By.ID, "show-stats").click()  # the overlay off: the picture alone
+        time.sleep(0.2)
+        video = driver.find_element(By.ID, "avatar")
+        screenshot = video.screenshot_as_png
+        (tmp_path / "browser.png").write_bytes(screenshot)
+        # where object-fit: contain puts the picture inside the element, in CSS pixels
+        box = driver.execute_script(
+            "const v = arguments[0]; const s = Math.min(v.clientWidth / v.videoWidth, v.clientHeight / v.videoHeight);"
+            "const w = v.videoWidth * s, h = v.videoHeight * s;"
+            "return [(v.clientWidth - w) / 2, (v.clientHeight - h) / 2, w, h, window.devicePixelRatio];",
+            video,
+        )
+        driver.find_element(By.ID, "stop").click()
+        time.sleep(0.5)
+        assert driver.execute_script("return window.stableface.status") == "idle"
+    finally:
+        driver.quit()
+
+    # the screenshot shows the avatar: it matches the avatar's own frame, not a blank or another picture
+    import cv2
+
+    from engines.bundle import AvatarBundle
+
+    decoded = cv2.imdecode(np.frombuffer(screenshot, np.uint8), cv2.IMREAD_GRAYSCALE)
+    x, y, w, h = (int(round(v * box[4])) for v in box[:4])
+    decoded = decoded[y : y + h, x : x + w]
+    shot = cv2.resize(decoded, (96, 96), interpolation=cv2.INTER_AREA).astype(np.float32)
+    reference = AvatarBundle.load(speaking_avatar).reference.full_frame(0)
+    expected = cv2.resize(cv2.cvtColor(reference, cv2.COLOR_RGB2GRAY), (96, 96), interpolation=cv2.INTER_AREA)
+    expected = expected.astype(np.float32)
+    similarity = np.corrcoef(shot.ravel(), expected.ravel())[0, 1]
+    assert shot.std() > 10, "the video area is blank"
+    assert similarity > 0.8, f"the screenshot does not look like the avatar (correlation {similarity:.2f})"
+
+    with urllib.request.urlopen(f"{served_avatar}metrics") as response:
+        metrics = response.read().decode()
+    count = re.search(r"^stableface_client_rtt_ms_count (\S+)", metrics, re.M)
+    assert count and float(count.group(1)) >= 1, "the page reported its round trips"
