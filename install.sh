@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Create (or update) the project's own virtual environment in .venv and install StableFace into it.
 #   ./install.sh            the engine
-#   ./install.sh dev        the engine plus test tools (ruff, mypy, pytest)
+#   ./install.sh dev        the engine plus test tools (ruff, mypy, pytest) and, where apt-get can
+#                           be used (root), the system programs the tests drive: Debian's chromium
+#                           and chromium-driver (browser test) and ffmpeg (Y4M pipe test)
 # Environment: PYTHON (interpreter to build the venv with, 3.11 or 3.12),
 #              TORCH_SPEC (default torch==2.13.0; e.g. a CPU-only or CUDA build of your choice).
 set -euo pipefail
@@ -28,6 +30,25 @@ if [[ ! -x "$venv/bin/python" ]]; then
     echo "install.sh: creating $venv with $("$python" --version)" >&2
     "$python" -m venv "$venv"
 fi
+
+install_test_programs() {
+    local missing=()
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+    command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
+    if [[ ${#missing[@]} -eq 0 ]]; then return; fi
+    if [[ "$(id -u)" != 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+        echo "install.sh: note: ${missing[*]} not installed (needs apt-get as root); their tests skip" >&2
+        return
+    fi
+    echo "install.sh: installing ${missing[*]} (apt-get)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq "${missing[@]}" >/dev/null ||
+        { apt-get update -qq >/dev/null && apt-get install -y -qq "${missing[@]}" >/dev/null; } ||
+        echo "install.sh: note: could not install ${missing[*]}; their tests skip" >&2
+}
+
+if [[ "$extras" == *dev* ]]; then install_test_programs; fi
 
 stamp="$venv/.installed-$( (cat pyproject.toml; echo "$extras $torch_spec") | sha256sum | cut -c1-16)"
 if [[ -f "$stamp" ]]; then

@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
-# Install into .venv and run the main job.
-# Until the live server lands (issue #7, default avatar #9) the main job is the offline pipeline end
-# to end, on data the project makes itself: a synthetic talking face (scikit-image's public-domain
-# astronaut portrait mouthing generated speech) → `stableface prepare` → a short `stableface train`
-# of the tiny preset → `stableface render` of new speech into demo/talking.mp4.
+# Install into .venv and run the main job: the live avatar server (`stableface serve`), with the
+# browser client at http://127.0.0.1:8080/ (open it, press Start, speak). Extra arguments go to
+# `stableface serve`, e.g. ./run.sh --port 9000 --host 0.0.0.0 --cert cert.pem --key key.pem
+#
+# Until the bundled default avatar lands (issue #9), the first run builds a demo avatar from data the
+# project makes itself (scikit-image's public-domain astronaut portrait mouthing generated speech:
+# `stableface synth` → `prepare` → a short `train` of the tiny preset, about a minute on 2 cores)
+# into .cache/demo-avatar and serves that; later runs reuse it.
 set -euo pipefail
 cd "$(dirname "$0")"
 ./install.sh
 export PATH="$PWD/.venv/bin:$PATH"
-out="${1:-demo}"
-mkdir -p "$out"
-stableface synth --out "$out/talking_face.mp4" --seconds 12 --seed 0 --overwrite
-stableface prepare "$out/talking_face.mp4" --out "$out/dataset" --overwrite
-stableface train "$out/dataset" --out "$out/avatar" --preset tiny --steps 150 --val-every 50 --overwrite
-stableface synth --out "$out/new_speech.mp4" --audio-out "$out/new_speech.wav" --seconds 6 --seed 1 --overwrite
-stableface render "$out/avatar" "$out/new_speech.wav" --out "$out/talking.mp4" --overwrite
-echo "done: $out/talking.mp4 (the avatar mouthing speech it never heard); dataset in $out/dataset, avatar in $out/avatar"
+if [[ -f engines/default_avatar/manifest.json ]]; then
+    exec stableface serve --avatar default "$@"
+fi
+demo=".cache/demo-avatar"
+if [[ ! -f "$demo/avatar/manifest.json" ]]; then
+    echo "run.sh: building the demo avatar once (about a minute)" >&2
+    mkdir -p "$demo"
+    stableface synth --out "$demo/talking_face.mp4" --seconds 12 --seed 0 --overwrite
+    stableface prepare "$demo/talking_face.mp4" --out "$demo/dataset" --overwrite --quiet
+    stableface train "$demo/dataset" --out "$demo/avatar" --preset tiny --steps 150 --val-every 50 \
+        --overwrite --quiet
+fi
+exec stableface serve --avatar "demo=$demo/avatar" "$@"

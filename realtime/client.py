@@ -38,7 +38,9 @@ class ArrayAudioTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, samples: npt.NDArray[np.floating[Any]], sample_rate_hz: int, then_silence: bool = True) -> None:
+    def __init__(
+        self, samples: npt.NDArray[np.floating[Any]], sample_rate_hz: int, then_silence: bool = True
+    ) -> None:
         super().__init__()
         data = samples if samples.ndim == 2 else samples[:, None]
         self.pcm = (np.clip(data, -1, 1) * 32767).astype(np.int16)
@@ -48,7 +50,7 @@ class ArrayAudioTrack(MediaStreamTrack):
         self.sent = 0
         self.started: float | None = None
 
-    async def recv(self) -> av.AudioFrame:  # type: ignore[override]
+    async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
         if self.started is None:
@@ -152,7 +154,10 @@ class AvatarClient:
         if self.avatar is not None:
             body["avatar"] = self.avatar
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        async with aiohttp.ClientSession() as http, http.post(f"{self.url}/offer", json=body, headers=headers) as response:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{self.url}/offer", json=body, headers=headers) as response,
+        ):
             answer = await response.json()
             if response.status != 200:
                 await pc.close()
@@ -172,16 +177,21 @@ class AvatarClient:
         with contextlib.suppress(MediaStreamError):
             while True:
                 frame = await track.recv()
+                assert isinstance(frame, av.VideoFrame)
                 self.frames_received += 1
-                image = frame.to_ndarray(format="rgb24") if self.keep_images else np.zeros((0, 0, 3), np.uint8)  # type: ignore[union-attr]
+                image: ImageRGB = np.zeros((0, 0, 3), np.uint8)
+                if self.keep_images:
+                    image = frame.to_ndarray(format="rgb24").astype(np.uint8, copy=False)
                 self.recording.video.append(ReceivedVideo(time.monotonic(), int(frame.pts or 0), image))
 
     async def _read_audio(self, track: MediaStreamTrack) -> None:
         with contextlib.suppress(MediaStreamError):
             while True:
                 frame = await track.recv()
-                samples, rate = audio_frame_samples(frame)  # type: ignore[arg-type]
-                mono = samples.mean(axis=1) if samples.ndim == 2 else samples
+                assert isinstance(frame, av.AudioFrame)
+                samples, rate = audio_frame_samples(frame)
+                pcm = samples.astype(np.float32)
+                mono = pcm.mean(axis=1) if pcm.ndim == 2 else pcm
                 self.recording.audio_rate_hz = rate
                 self.recording.audio.append((time.monotonic(), (mono / 32768.0).astype(np.float32)))
 

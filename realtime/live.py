@@ -91,8 +91,9 @@ async def push_microphone(session: StreamingSession, device: str | None) -> None
         )
     except (ValueError, sounddevice.PortAudioError) as exc:
         names = [d["name"] for d in sounddevice.query_devices() if d["max_input_channels"] > 0]
+        available = ", ".join(names) or "none"
         raise InputError(
-            f"cannot open microphone {device or '(default)'}: {exc}; input devices: {', '.join(names) or 'none'}"
+            f"cannot open microphone {device or '(default)'}: {exc}; input devices: {available}"
         ) from None
     logger.info("microphone: %s at %d Hz", info["name"], rate)
     with stream:

@@ -180,7 +180,7 @@ class AvatarServer:
             body = json.loads(await request.text())
         except (ValueError, UnicodeDecodeError):
             self.metrics.offers_rejected.labels("malformed").inc()
-            return _json_error(400, "the body must be JSON: {\"sdp\": ..., \"type\": \"offer\"}")
+            return _json_error(400, 'the body must be JSON: {"sdp": ..., "type": "offer"}')
         if not isinstance(body, dict) or not isinstance(body.get("sdp"), str):
             self.metrics.offers_rejected.labels("malformed").inc()
             return _json_error(400, 'the body must be a JSON object with a string "sdp" and "type"')

@@ -155,8 +155,12 @@ class WindowSink:
     def __init__(self) -> None:
         import cv2
 
-        if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-            raise MissingDependencyError("--window needs a display (DISPLAY is not set); use --y4m - | ffplay -")
+        if sys.platform.startswith("linux") and not (
+            os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+        ):
+            raise MissingDependencyError(
+                "--window needs a display (DISPLAY is not set); use --y4m - | ffplay -"
+            )
         self._cv2 = cv2
         self._open = False
         self.name = "window"
@@ -171,7 +175,9 @@ class WindowSink:
             key = cv2.waitKey(1) & 0xFF
             closed = cv2.getWindowProperty(WINDOW_TITLE, cv2.WND_PROP_VISIBLE) < 1
         except cv2.error as exc:
-            raise MissingDependencyError(f"cannot open a window: {str(exc).strip().splitlines()[-1]}") from None
+            raise MissingDependencyError(
+                f"cannot open a window: {str(exc).strip().splitlines()[-1]}"
+            ) from None
         if key in (ord("q"), 27) or closed:
             raise SinkClosed("window closed")
 

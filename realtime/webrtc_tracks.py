@@ -49,7 +49,7 @@ class _FrameQueueTrack(MediaStreamTrack):
         """No more frames: ``recv`` raises ``MediaStreamError`` once the queue is drained."""
         self._put(None)
 
-    async def recv(self) -> av.VideoFrame | av.AudioFrame:  # type: ignore[override]
+    async def recv(self) -> av.VideoFrame | av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
         frame = await self._queue.get()
@@ -107,8 +107,6 @@ def audio_frame_samples(frame: av.AudioFrame) -> tuple[npt.NDArray[np.generic], 
     """
     data = frame.to_ndarray()
     channels = len(frame.layout.channels)
-    if frame.format.is_planar:
-        samples = data.T  # (channels, S) → (S, channels)
-    else:
-        samples = data.reshape(-1, channels)
+    # planar: (channels, S) → (S, channels); packed: interleaved (1, S·channels)
+    samples = data.T if frame.format.is_planar else data.reshape(-1, channels)
     return (samples[:, 0] if channels == 1 else samples), int(frame.sample_rate)

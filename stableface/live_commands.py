@@ -35,7 +35,9 @@ def add_serve_parser(sub: Any) -> None:
     serve.add_argument("--backend", default="auto", help=BACKEND_HELP + " (default auto)")
     serve.add_argument("--max-sessions", type=positive_int, default=4, help="concurrent calls (default 4)")
     serve.add_argument("--token", help="require this bearer token for /offer and /metrics")
-    serve.add_argument("--cert", type=Path, help="TLS certificate (PEM); browsers need https beyond localhost")
+    serve.add_argument(
+        "--cert", type=Path, help="TLS certificate (PEM); browsers need https beyond localhost"
+    )
     serve.add_argument("--key", type=Path, help="TLS private key (PEM)")
     serve.add_argument(
         "--ice-server",
@@ -59,11 +61,17 @@ def add_live_parser(sub: Any) -> None:
         "speech file played in real time (--audio). Outputs (any number): --window, --virtual-camera, "
         "--y4m PATH or --y4m - (stdout, e.g. | ffplay -).",
     )
-    live.add_argument("--avatar", default="default", metavar="PATH|default", help="avatar bundle (default: the bundled one)")
+    live.add_argument(
+        "--avatar", default="default", metavar="PATH|default", help="avatar bundle (default: the bundled one)"
+    )
     source = live.add_mutually_exclusive_group()
-    source.add_argument("--mic", metavar="DEVICE", nargs="?", const="", help="microphone (name or index; default device)")
+    source.add_argument(
+        "--mic", metavar="DEVICE", nargs="?", const="", help="microphone (name or index; default device)"
+    )
     source.add_argument("--audio", type=Path, metavar="FILE", help="speech file, played in real time")
-    live.add_argument("--virtual-camera", nargs="?", const="", metavar="DEVICE", help="send to a virtual camera")
+    live.add_argument(
+        "--virtual-camera", nargs="?", const="", metavar="DEVICE", help="send to a virtual camera"
+    )
     live.add_argument("--window", action="store_true", help="show in a window (q or Esc quits)")
     live.add_argument("--y4m", metavar="PATH|-", help="write YUV4MPEG2 video to a file or stdout (-)")
     live.add_argument("--backend", default="auto", help=BACKEND_HELP + " (default auto)")

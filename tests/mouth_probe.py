@@ -54,7 +54,9 @@ def _grey(image: ImageRGB) -> FloatArray:
     return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY).astype(np.float32)
 
 
-def speech_with_pauses(seed: int, pattern_s: list[tuple[str, float]], rate_hz: int = 16_000) -> tuple[FloatArray, FloatArray]:
+def speech_with_pauses(
+    seed: int, pattern_s: list[tuple[str, float]], rate_hz: int = 16_000
+) -> tuple[FloatArray, FloatArray]:
     """Synthetic speech and silence in the given order, e.g. [("silence", 1), ("speech", 2)].
 
     Returns:

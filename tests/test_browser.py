@@ -57,12 +57,12 @@ def served_avatar(speaking_avatar: Path, tmp_path: Path) -> Iterator[str]:
 
 def test_chromium_talks_to_the_avatar(served_avatar: str, speaking_avatar: Path, tmp_path: Path) -> None:
     _require_chromium()
+    from mouth_probe import speech_with_pauses
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
     from engines.media.encode import write_wav
-    from mouth_probe import speech_with_pauses
 
     speech, _ = speech_with_pauses(9, [("speech", 2.0), ("silence", 0.5)] * 4, rate_hz=48_000)
     wav = tmp_path / "speech.wav"
@@ -93,7 +93,11 @@ def test_chromium_talks_to_the_avatar(served_avatar: str, speaking_avatar: Path,
         deadline = time.monotonic() + 40
         while time.monotonic() < deadline:
             state = driver.execute_script("return Object.assign({}, window.stableface)")
-            if state["framesReceived"] >= 75 and state["rttMs"] is not None and state["glassToGlassMs"] is not None:  # type: ignore[operator]
+            if (
+                state["framesReceived"] >= 75
+                and state["rttMs"] is not None
+                and state["glassToGlassMs"] is not None
+            ):  # type: ignore[operator]
                 break
             assert state["status"] != "error", state["error"]
             time.sleep(0.5)
@@ -110,7 +114,8 @@ def test_chromium_talks_to_the_avatar(served_avatar: str, speaking_avatar: Path,
         (tmp_path / "browser.png").write_bytes(screenshot)
         # where object-fit: contain puts the picture inside the element, in CSS pixels
         box = driver.execute_script(
-            "const v = arguments[0]; const s = Math.min(v.clientWidth / v.videoWidth, v.clientHeight / v.videoHeight);"
+            "const v = arguments[0];"
+            "const s = Math.min(v.clientWidth / v.videoWidth, v.clientHeight / v.videoHeight);"
             "const w = v.videoWidth * s, h = v.videoHeight * s;"
             "return [(v.clientWidth - w) / 2, (v.clientHeight - h) / 2, w, h, window.devicePixelRatio];",
             video,

@@ -12,12 +12,12 @@ import aiohttp
 import numpy as np
 import pytest
 from aiortc import RTCPeerConnection
+from mouth_probe import MouthProbe, envelope_per_frame, speech_with_pauses
 
 from realtime.avatars import AvatarCatalog, AvatarSpec
 from realtime.client import ArrayAudioTrack, AvatarClient, ClientRecording, OfferRefused
 from realtime.peer import PeerTimeouts
 from realtime.server import MAX_BODY_BYTES, AvatarServer, ServerSettings
-from mouth_probe import MouthProbe, envelope_per_frame, speech_with_pauses
 
 CALL_PATTERN = [("silence", 1.0), ("speech", 2.0), ("silence", 1.5), ("speech", 2.0), ("silence", 1.5)]
 
@@ -117,12 +117,16 @@ async def test_a_call_gets_lip_synced_video_and_delayed_audio(
     assert abs(audio_lag - lag) <= 0.08 + 1e-9, (audio_lag, lag)
 
     # the server's stats over the data channel, and the ping
-    assert recording.stats and recording.stats[-1]["pipeline_latency_ms"] == server.catalog.get(None).latency_ms
+    assert (
+        recording.stats and recording.stats[-1]["pipeline_latency_ms"] == server.catalog.get(None).latency_ms
+    )
     assert recording.rtt_ms and all(0 < r < 500 for r in recording.rtt_ms)
 
 
 @pytest.mark.parametrize("rate_hz, channels", [(8000, 1), (16000, 2), (44100, 1), (48000, 2)])
-async def test_clients_may_send_any_rate_mono_or_stereo(server: AvatarServer, rate_hz: int, channels: int) -> None:
+async def test_clients_may_send_any_rate_mono_or_stereo(
+    server: AvatarServer, rate_hz: int, channels: int
+) -> None:
     audio, _ = speech_with_pauses(3, [("speech", 1.5), ("silence", 0.5)], rate_hz=rate_hz)
     samples = np.stack([audio, 0.5 * audio], 1) if channels == 2 else audio
     client = AvatarClient(server.url, ArrayAudioTrack(samples, rate_hz))
@@ -136,7 +140,9 @@ async def test_clients_may_send_any_rate_mono_or_stereo(server: AvatarServer, ra
     assert loud, "the speech comes back"
 
 
-async def _post(url: str, data: bytes | str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, object]]:
+async def _post(
+    url: str, data: bytes | str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, object]]:
     async with aiohttp.ClientSession() as http, http.post(url, data=data, headers=headers or {}) as response:
         return response.status, await response.json()
 
@@ -172,7 +178,11 @@ async def test_bad_offers_get_clear_errors_while_a_call_goes_on(server: AvatarSe
         (json.dumps({"sdp": video_only, "type": "offer"}), 400, "no audio"),
         (json.dumps({"sdp": audio_only, "type": "offer"}), 400, "no video"),
         (json.dumps({"sdp": video_only, "type": "answer"}), 400, "offer"),
-        (json.dumps({"sdp": audio_only, "type": "offer", "avatar": "../../etc/passwd"}), 404, "unknown avatar"),
+        (
+            json.dumps({"sdp": audio_only, "type": "offer", "avatar": "../../etc/passwd"}),
+            404,
+            "unknown avatar",
+        ),
         (json.dumps({"sdp": audio_only, "type": "offer", "avatar": 3}), 400, "name"),
         (b"x" * (MAX_BODY_BYTES + 10), 413, "bytes"),
     ]
@@ -197,7 +207,9 @@ async def test_the_token_guards_offers_and_metrics(catalog: AvatarCatalog) -> No
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{server.url}metrics") as response:
                 assert response.status == 401
-            async with http.get(f"{server.url}metrics", headers={"Authorization": "Bearer s3cret"}) as response:
+            async with http.get(
+                f"{server.url}metrics", headers={"Authorization": "Bearer s3cret"}
+            ) as response:
                 assert response.status == 200
             async with http.get(f"{server.url}healthz") as response:
                 assert response.status == 200
