@@ -7,6 +7,7 @@ Latencies are in milliseconds, as everywhere in this project; histogram buckets 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 
@@ -15,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 STAGE_BUCKETS_MS = (0.5, 1, 2, 5, 10, 20, 40, 60, 80, 120, 160, 250, 500, 1000)
 NETWORK_BUCKETS_MS = (1, 2, 5, 10, 20, 40, 80, 120, 160, 200, 250, 300, 400, 500, 750, 1000, 2000)
 FPS_WINDOW_S = 5.0
+LOOP_PROBE_S = 0.1
 
 
 class ServerMetrics:
@@ -74,7 +76,24 @@ class ServerMetrics:
             buckets=NETWORK_BUCKETS_MS,
             registry=r,
         )
+        self.loop_lag_ms = Histogram(
+            "stableface_event_loop_lag_ms",
+            f"How late the server's event loop wakes a {LOOP_PROBE_S * 1000:g} ms timer (signalling, "
+            "RTP, ICE consent checks all wait on it)",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+            registry=r,
+        )
+        self.max_loop_lag_ms = 0.0
         self._frame_times: deque[float] = deque()
+
+    async def watch_event_loop(self) -> None:
+        """Measure the event loop's lag forever (run as a task)."""
+        while True:
+            started = time.monotonic()
+            await asyncio.sleep(LOOP_PROBE_S)
+            lag_ms = max(0.0, 1000 * (time.monotonic() - started - LOOP_PROBE_S))
+            self.loop_lag_ms.observe(lag_ms)
+            self.max_loop_lag_ms = max(self.max_loop_lag_ms, lag_ms)
 
     def frame_sent(self, skipped: bool, lag_ms: float) -> None:
         """Count one video frame sent by any session."""

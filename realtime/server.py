@@ -110,7 +110,9 @@ class AvatarServer:
         self.app.router.add_get("/metrics", self._metrics)
         if WEB_CLIENT_DIR.is_dir():
             self.app.router.add_static("/static/", WEB_CLIENT_DIR, show_index=False, follow_symlinks=False)
+        self.app.on_startup.append(self._on_startup)
         self.app.on_shutdown.append(self._on_shutdown)
+        self._loop_watch: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ middleware
 
@@ -163,6 +165,7 @@ class AvatarServer:
                 "max_sessions": self.settings.max_sessions,
                 "avatars": list(self.catalog.engines),
                 "uptime_s": round(time.monotonic() - self.started, 1),
+                "max_event_loop_lag_ms": round(self.metrics.max_loop_lag_ms, 1),
             }
         )
 
@@ -227,7 +230,12 @@ class AvatarServer:
             self.metrics.sessions_total.labels(reason).inc()
         self.metrics.sessions_active.set(len(self.sessions))
 
+    async def _on_startup(self, app: web.Application) -> None:
+        self._loop_watch = asyncio.get_running_loop().create_task(self.metrics.watch_event_loop())
+
     async def _on_shutdown(self, app: web.Application) -> None:
+        if self._loop_watch is not None:
+            self._loop_watch.cancel()
         await self.close_sessions("server shutdown")
 
     async def close_sessions(self, reason: str) -> None:
