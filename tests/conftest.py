@@ -35,42 +35,31 @@ def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def tiny_avatar(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A `tiny` avatar bundle trained briefly (30 steps per stage) on the synthetic dataset."""
+def _train_tiny(dataset: Path, out: Path, steps: int) -> Path:
     from offline_training.train.settings import TrainSettings
     from offline_training.train.trainer import Trainer
 
-    out = tmp_path_factory.mktemp("tiny_avatar") / "avatar"
     settings = TrainSettings(
-        dataset=synthetic_dataset,
+        dataset=dataset,
         out=out,
         preset="tiny",
-        steps=30,
+        steps=steps,
         show_progress=False,
         val_every=1000,
         checkpoint_every=1000,
     )
     Trainer(settings).run()
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_avatar(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A `tiny` avatar bundle trained briefly (30 steps per stage) on the synthetic dataset."""
+    return _train_tiny(synthetic_dataset, tmp_path_factory.mktemp("tiny_avatar") / "avatar", 30)
 
 
 @pytest.fixture(scope="session")
 def speaking_avatar(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A `tiny` avatar trained long enough (150 steps per stage) that its rendered *pixels* follow
     the mouth; tests that only read video (WebRTC, the browser) need that. About a minute."""
-    from offline_training.train.settings import TrainSettings
-    from offline_training.train.trainer import Trainer
-
-    out = tmp_path_factory.mktemp("speaking_avatar") / "avatar"
-    settings = TrainSettings(
-        dataset=synthetic_dataset,
-        out=out,
-        preset="tiny",
-        steps=150,
-        show_progress=False,
-        val_every=1000,
-        checkpoint_every=1000,
-    )
-    Trainer(settings).run()
-    return out
+    return _train_tiny(synthetic_dataset, tmp_path_factory.mktemp("speaking_avatar") / "avatar", 150)
