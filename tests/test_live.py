@@ -112,7 +112,13 @@ def test_a_reader_that_closes_the_pipe_ends_live_cleanly(tiny_avatar: Path, spee
 def test_missing_devices_and_drivers_name_what_to_install(tiny_avatar: Path, speech_wav: Path) -> None:
     common = ["live", "--avatar", str(tiny_avatar), "--audio", str(speech_wav)]
     if not _loopback_devices():
-        _one_line_error(_run(*common, "--virtual-camera"), "v4l2loopback", "modprobe")
+        try:
+            import pyvirtualcam  # noqa: F401
+
+            needed = ("v4l2loopback", "modprobe")
+        except ImportError:
+            needed = ("pyvirtualcam", "pip install")
+        _one_line_error(_run(*common, "--virtual-camera"), *needed)
     _one_line_error(_run(*common), "--window", "--virtual-camera", "--y4m")
     _one_line_error(
         _run("live", "--avatar", str(tiny_avatar), "--mic", "no-such-mic", "--y4m", "-"), "microphone"
