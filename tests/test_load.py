@@ -1,30 +1,28 @@
 """Load: 8 concurrent aiortc callers on one `tiny` avatar server process for 60 s.
 
-Marked ``slow`` because it does not pass reliably on the team's 2-core machine yet: with 8 calls,
-aioice's ICE consent checks (one 0.5 s STUN transaction every ~5 s, six misses close the
-connection, RFC 7675) time out in both directions and calls end after about 30 s (seen in 5 of 8
-runs; 4 calls survive). Memory returns to within 6% of the baseline either way. Run it with
-``./test.sh -m slow -k eight``; see the issue #7 note.
+The callers run in 4 processes of 2 (real callers are separate machines): 8 calls decoded in one
+Python process made that process's event loop the bottleneck — datagrams queued long enough that
+ICE consent checks (0.5 s each) timed out and calls ended after ~30 s, while the server was fine.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
-import numpy as np
 import pytest
 from mouth_probe import speech_with_pauses
 
 from realtime.client import ArrayAudioTrack, AvatarClient
 
 CALLERS = 8
+CALLER_PROCESSES = 4
 CALL_S = 60.0
 
 
@@ -52,14 +50,6 @@ async def _sessions(url: str) -> int:
     return int((await _health(url))["sessions"])
 
 
-async def _watch_loop(lags: list[float]) -> None:
-    while True:
-        started = time.monotonic()
-        await asyncio.sleep(0.1)
-        lags.append(1000 * (time.monotonic() - started - 0.1))
-
-
-@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads server memory from /proc")
 async def test_eight_callers_for_a_minute(tiny_avatar: Path, tmp_path: Path) -> None:
     log_path = tmp_path / "serve.log"
@@ -89,19 +79,28 @@ async def test_eight_callers_for_a_minute(tiny_avatar: Path, tmp_path: Path) -> 
         await asyncio.sleep(2.0)
         baseline_mb = _rss_mb(server.pid)
 
-        client_lags: list[float] = []
-        watch = asyncio.get_running_loop().create_task(_watch_loop(client_lags))
-        clients = await asyncio.gather(*(_call(url, CALL_S, seed) for seed in range(CALLERS)))
-        watch.cancel()
-        health = await _health(url)
-        alive = int(health["sessions"])
-        received = [c.frames_received for c in clients]
-        last_minute = [
-            sum(1 for v in c.recording.video if v.arrival_s > c.recording.video[-1].arrival_s - 5)
-            for c in clients
+        per_process = CALLERS // CALLER_PROCESSES
+        callers = [
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                str(Path(__file__).with_name("load_caller.py")),
+                url,
+                str(per_process),
+                str(CALL_S),
+                str(100 * index),
+                stdout=subprocess.PIPE,
+                cwd=Path(__file__).parent,
+            )
+            for index in range(CALLER_PROCESSES)
         ]
+        await asyncio.sleep(CALL_S - 5)
+        alive = await _sessions(url)
         peak_mb = _rss_mb(server.pid)
-        await asyncio.gather(*(c.close() for c in clients))
+        outputs = await asyncio.gather(*(caller.communicate() for caller in callers))
+        calls = [
+            call for stdout, _ in outputs for call in json.loads(stdout.decode().strip().splitlines()[-1])
+        ]
+        health = await _health(url)
         for _ in range(100):
             if await _sessions(url) == 0:
                 break
@@ -118,13 +117,15 @@ async def test_eight_callers_for_a_minute(tiny_avatar: Path, tmp_path: Path) -> 
     endings = "\n".join(
         line for line in log_text.splitlines() if " ended: " in line or "onsent" in line or "onflict" in line
     )
+    received = [call["frames"] for call in calls]
+    last_minute = [call["last_5s"] for call in calls]
     print(
         f"frames received per caller {received}; in the last 5 s {last_minute}; server RSS "
         f"baseline {baseline_mb:.0f} MB, with {CALLERS} calls {peak_mb:.0f} MB, after {after_mb:.0f} MB; "
-        f"event-loop lag: server max {health['max_event_loop_lag_ms']} ms, callers' process p99 "
-        f"{np.percentile(client_lags, 99):.0f} ms max {max(client_lags):.0f} ms"
+        f"server event-loop lag max {health['max_event_loop_lag_ms']} ms"
     )
     assert alive == CALLERS, f"every call was still up at the end; server log:\n{endings}"
+    assert [call["state"] for call in calls] == ["connected"] * CALLERS, calls
     assert all(n >= 0.9 * CALL_S * 25 for n in received), received
     assert all(n >= 0.8 * 5 * 25 for n in last_minute), last_minute  # still flowing at the end
     assert server.returncode == 0
