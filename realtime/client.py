@@ -72,10 +72,6 @@ class ArrayAudioTrack(MediaStreamTrack):
         self.sent += self.packet
         return frame
 
-    @property
-    def started_at(self) -> float | None:
-        """Monotonic time the first sample was handed to the encoder."""
-        return self.started
 
 
 @dataclass
@@ -134,6 +130,7 @@ class AvatarClient:
         self.frames_received = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._pings: dict[int, float] = {}
+        self._next_ping = 0
         self.channel = self.pc.createDataChannel("control")
         self.channel.on("message", self._on_message)
         self.connected = asyncio.Event()
@@ -205,7 +202,8 @@ class AvatarClient:
     def ping(self) -> None:
         """Send a ping; the round trip lands in ``recording.rtt_ms``."""
         if self.channel.readyState == "open":
-            ping_id = len(self._pings) + len(self.recording.rtt_ms)
+            ping_id = self._next_ping
+            self._next_ping += 1
             self._pings[ping_id] = time.monotonic()
             self.channel.send(json.dumps({"type": "ping", "id": ping_id}))
 

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -73,8 +74,6 @@ class Y4MSink:
         self.frames = 0
 
     def write(self, image: ImageRGB) -> None:
-        import cv2
-
         image = _even(image)
         height, width = image.shape[:2]
         try:
@@ -153,20 +152,16 @@ class WindowSink:
     """An OpenCV window (closing it, or pressing q or Esc, ends ``live``)."""
 
     def __init__(self) -> None:
-        import cv2
-
         if sys.platform.startswith("linux") and not (
             os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
         ):
             raise MissingDependencyError(
                 "--window needs a display (DISPLAY is not set); use --y4m - | ffplay -"
             )
-        self._cv2 = cv2
         self._open = False
         self.name = "window"
 
     def write(self, image: ImageRGB) -> None:
-        cv2 = self._cv2
         try:
             if not self._open:
                 cv2.namedWindow(WINDOW_TITLE, cv2.WINDOW_NORMAL)
@@ -184,4 +179,4 @@ class WindowSink:
     def close(self) -> None:
         if self._open:
             with contextlib.suppress(Exception):
-                self._cv2.destroyWindow(WINDOW_TITLE)
+                cv2.destroyWindow(WINDOW_TITLE)
