@@ -11,11 +11,11 @@ set -euo pipefail
 cd "$(dirname "$0")"
 ./install.sh
 export PATH="$PWD/.venv/bin:$PATH"
-if [[ -f engines/default_avatar/manifest.json ]]; then
+if [[ -f engines/default_avatar/avatar.json ]]; then
     exec stableface serve --avatar default "$@"
 fi
 demo=".cache/demo-avatar"
-if [[ ! -f "$demo/avatar/manifest.json" ]]; then
+if [[ ! -f "$demo/avatar/avatar.json" ]]; then
     echo "run.sh: building the demo avatar once (about a minute)" >&2
     mkdir -p "$demo"
     stableface synth --out "$demo/talking_face.mp4" --seconds 12 --seed 0 --overwrite

@@ -54,3 +54,29 @@ def write_results(folder: Path, name: str, result: dict[str, Any], markdown: str
     (folder / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     (folder / f"{stem}.md").write_text(markdown)
     return folder / f"{stem}.json"
+
+
+DEMO_AVATAR = REPO / ".cache" / "demo-avatar" / "avatar"
+
+
+def bench_avatar(path: Path | None) -> Path:
+    """The avatar to measure: ``path``, else the bundled default avatar, else run.sh's demo avatar."""
+    from engines.bundle import MANIFEST
+    from realtime.avatars import DEFAULT_AVATAR_DIR
+
+    if path is not None:
+        return path
+    for candidate in (DEFAULT_AVATAR_DIR, DEMO_AVATAR):
+        if (candidate / MANIFEST).is_file():
+            return candidate
+    raise SystemExit(
+        "error: no avatar to measure: pass --avatar PATH (no bundled default avatar is installed, and "
+        "./run.sh has not built its demo avatar in .cache/demo-avatar)"
+    )
+
+
+def cdf_plot(axis: Any, values: list[float] | np.ndarray, label: str) -> None:
+    """Draw the empirical CDF of ``values`` on a matplotlib axis."""
+    ordered = np.sort(np.asarray(values, dtype=float))
+    if len(ordered):
+        axis.step(ordered, np.arange(1, len(ordered) + 1) / len(ordered), where="post", label=label)

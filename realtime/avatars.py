@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import engines
+from engines.bundle import MANIFEST
 from engines.errors import InputError
 from realtime.engine import AvatarEngine
 from realtime.settings import StreamSettings
@@ -28,7 +29,7 @@ class AvatarSpec:
     @classmethod
     def parse(cls, text: str) -> AvatarSpec:
         if text == "default":
-            if not (DEFAULT_AVATAR_DIR / "manifest.json").is_file():
+            if not (DEFAULT_AVATAR_DIR / MANIFEST).is_file():
                 raise InputError(
                     f"no default avatar is installed at {DEFAULT_AVATAR_DIR} (it arrives with issue #9); "
                     "pass --avatar PATH to an avatar bundle made by `stableface train`"

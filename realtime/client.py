@@ -21,6 +21,7 @@ import numpy.typing as npt
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from realtime.rtp_buffers import use_prompt_jitter_buffers
 from realtime.webrtc_tracks import audio_frame_samples
 
 PACKET_MS = 20
@@ -29,6 +30,9 @@ ImageRGB = npt.NDArray[np.uint8]
 
 class ArrayAudioTrack(MediaStreamTrack):
     """Plays samples in real time, 20 ms a frame, then silence (or ends).
+
+    Paced like a microphone: a frame is handed over when its last sample has been "spoken", so
+    sample ``s`` happens at ``started + s / rate`` and packetisation counts in measured latency.
 
     Args:
         samples: (S,) or (S, channels) float in [-1, 1].
@@ -55,7 +59,7 @@ class ArrayAudioTrack(MediaStreamTrack):
             raise MediaStreamError
         if self.started is None:
             self.started = time.monotonic()
-        wait = self.started + self.sent / self.rate - time.monotonic()
+        wait = self.started + (self.sent + self.packet) / self.rate - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
         chunk = self.pcm[self.sent : self.sent + self.packet]
@@ -144,6 +148,7 @@ class AvatarClient:
         pc = self.pc
         pc.addTrack(self.audio)
         pc.addTransceiver("video", direction="recvonly")
+        use_prompt_jitter_buffers(pc)  # frames as soon as they are complete, as a browser shows them
         pc.on("track", self._on_track)
         pc.on("connectionstatechange", self._on_state)
         await pc.setLocalDescription(await pc.createOffer())

@@ -25,6 +25,7 @@ from aiortc.sdp import SessionDescription
 from engines.errors import InputError
 from realtime.engine import AvatarEngine
 from realtime.metrics import ServerMetrics
+from realtime.rtp_buffers import use_prompt_jitter_buffers
 from realtime.session import StreamingSession
 from realtime.webrtc_tracks import AvatarVideoTrack, DelayedAudioTrack, audio_frame_samples
 
@@ -134,6 +135,7 @@ class PeerSession:
         pc.on("connectionstatechange", self._on_connection_state)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+            use_prompt_jitter_buffers(pc)  # the session absorbs input jitter itself
             pc.addTrack(self.video)
             pc.addTrack(self.audio)
             await pc.setLocalDescription(await pc.createAnswer())

@@ -244,7 +244,8 @@ class StreamingSession:
 
     # ------------------------------------------------------------------ compute
 
-    def _due_time(self, output_index: int) -> float:
+    def due_time(self, output_index: int) -> float:
+        """Clock time at which output frame ``output_index`` is due (after ``start``)."""
         assert self._start is not None
         return self._start + output_index * FRAME_MS / 1000
 
@@ -265,13 +266,13 @@ class StreamingSession:
             last = first + stream.chunk - 1
             if self.realtime and self._start is not None:
                 now = self.clock()
-                late = now + self._compute_ms / 1000 > self._due_time(last)
+                late = now + self._compute_ms / 1000 > self.due_time(last)
                 if late and stream.chunks_ready() > 1:  # spend the compute on the newer chunk
                     frames = stream.render_chunk(render=False)
                     self.stats.chunks_skipped += 1
                     out += frames
                     continue
-                if self._due_time(first) > now + RENDER_AHEAD_MS / 1000 and out:
+                if self.due_time(first) > now + RENDER_AHEAD_MS / 1000 and out:
                     break
             started = time.perf_counter()
             frames = stream.render_chunk()
@@ -279,7 +280,7 @@ class StreamingSession:
             self._compute_ms = elapsed if not self._compute_ms else 0.8 * self._compute_ms + 0.2 * elapsed
             if self._start is not None:
                 finished = self.clock()
-                self.stats.render_slack_ms.append(1000 * (self._due_time(first) - finished))
+                self.stats.render_slack_ms.append(1000 * (self.due_time(first) - finished))
             out += frames
             if self.realtime or len(out) >= OFFLINE_FRAMES_AHEAD:
                 break  # live: one render per job, so the sessions on this worker take turns
@@ -354,7 +355,7 @@ class StreamingSession:
             if last is not None and index > last:
                 return
             if self.realtime:
-                wait = self._due_time(index) - self.clock()
+                wait = self.due_time(index) - self.clock()
                 if wait > 0:
                     await asyncio.sleep(wait)
             else:

@@ -54,3 +54,23 @@ def test_backends_quick_times_both_cpu_backends(tmp_path: Path) -> None:
         assert row["frames_per_s"] > 0 and row["renderer_gflop_per_chunk"] > 0
     assert result_file.with_suffix(".png").stat().st_size > 1000
     assert result_file.with_suffix(".md").read_text().startswith("# backend speed")
+
+
+def test_ceiling_quick_bounds_every_preset_by_compute_and_memory(tmp_path: Path) -> None:
+    module = _load("ceiling")
+    assert module.main(["--quick", "--results", str(tmp_path)]) == 0
+    [result_file] = tmp_path.glob("ceiling-*-quick.json")
+    result = json.loads(result_file.read_text())
+    peak = result["peak"]
+    assert peak["gflop_per_s_best"] >= peak["gflop_per_s_median"] > 0
+    assert peak["gbyte_per_s_best"] >= peak["gbyte_per_s_median"] > 0
+    assert [row["preset"] for row in result["rows"]] == ["tiny"]
+    for row in result["rows"]:
+        assert row["gflop_per_frame"] > 0 and row["weight_mbytes"] > 0
+        # No reuse: every weight is read at least once a chunk, so at least its share of a frame.
+        assert row["mbytes_per_frame"] > row["weight_mbytes"] / row["chunk_frames"]
+        assert row["ceiling_fps"] == min(row["compute_bound_fps"], row["memory_bound_fps"]) > 0
+        assert row["bound"] in {"compute", "memory"}
+    assert result_file.with_suffix(".png").stat().st_size > 1000
+    assert result_file.with_suffix(".md").read_text().startswith("# ")
+    assert module.frame_cost("paper")["gflop_per_frame"] > module.frame_cost("small")["gflop_per_frame"]

@@ -12,10 +12,11 @@ import aiohttp
 import numpy as np
 import pytest
 from aiortc import RTCPeerConnection
-from mouth_probe import MouthProbe, envelope_per_frame, speech_with_pauses
+from mouth_probe import calibrated_probe, envelope_per_frame, speech_with_pauses
 
 from realtime.avatars import AvatarCatalog, AvatarSpec
 from realtime.client import ArrayAudioTrack, AvatarClient, ClientRecording, OfferRefused
+from realtime.mouth_probe import MouthProbe
 from realtime.peer import PeerTimeouts
 from realtime.server import MAX_BODY_BYTES, AvatarServer, ServerSettings
 
@@ -31,7 +32,7 @@ def catalog(speaking_avatar: Path) -> Iterator[AvatarCatalog]:
 
 @pytest.fixture(scope="module")
 def probe(catalog: AvatarCatalog) -> MouthProbe:
-    return MouthProbe.calibrate(catalog.get("face"))
+    return calibrated_probe(catalog.get("face"))
 
 
 async def _serve(catalog: AvatarCatalog, **settings: object) -> tuple[AvatarServer, object]:

@@ -1,0 +1,483 @@
+"""Latency: per pipeline stage, and from the caller's voice to the avatar's lips over real WebRTC.
+
+1. **Stages** (in process, one avatar, per backend and chunk size C): 48 kHz audio is pushed in
+   20 ms packets as a browser sends it; for each chunk of C frames the time spent in each stage
+   — resample (48 → 16 kHz), features (log-mel), audio2expression, smoothing (weights), raster
+   (face shapes, smoothed), renderer, paste (back into the full frame), encode (VP8, the codec
+   aiortc sends, at aiortc's settings) — is recorded; p50/p95/p99 in ms per chunk.
+2. **Mouth-to-photon** (end to end): ``stableface serve`` runs in its own process on 127.0.0.1;
+   an aiortc client (``realtime.client``) calls it and sends speech with sharp, known onsets
+   (``benchmarks/signals.py``: generated speech bursts, and pieces of real recordings). The client
+   records every decoded video frame and audio packet with its arrival time. A pixel probe
+   calibrated on the avatar (``realtime.mouth_probe``) reads the mouth opening of each received
+   frame; the first frame whose mouth opens after each sent onset is "lips out". Reported:
+   audio-in → lips-out (the sound is made → the frame showing it is decoded at the client) and
+   audio-out ↔ lips-out (lips-out minus the onset in the audio the client received and would
+   play; positive = the lips come after the sound), each p50/p95/p99 over the onsets, plus the
+   server's frame skips and the best lag of the mouth/loudness cross-correlation as a check.
+
+Writes ``results/latency-<date>.json``, ``.md`` and ``.png`` (CDFs).
+
+    python benchmarks/latency.py [--avatar PATH] [--backends onnxruntime-cpu torch-cpu]
+        [--chunks 1 2 4] [--timed-chunks 300] [--signals bursts speech] [--seconds 30] [--quick]
+
+Without ``--avatar``: the bundled default avatar, else the demo avatar ``./run.sh`` builds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fractions
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+from scipy.signal import resample_poly
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (
+    REPO,
+    bench_avatar,
+    cdf_plot,
+    git_commit,
+    machine,
+    percentiles,
+    today,
+    write_results,
+)
+from benchmarks.serve_process import serve_process
+from benchmarks.signals import RATE_HZ, TestSignal, audio_onsets, bursts, envelope_db, speech_pieces
+from offline_training.synthetic.speech import synthesize_speech
+from realtime.audio_input import AudioInput
+from realtime.client import ArrayAudioTrack, AvatarClient, ClientRecording
+from realtime.engine import AvatarEngine
+from realtime.mouth_probe import MouthProbe
+from realtime.offline import stream_file
+from realtime.settings import FPS, FRAME_MS, StreamSettings
+
+SEND_RATE_HZ = 48_000  # what browsers capture and send
+PACKET_SAMPLES = SEND_RATE_HZ // 50  # 20 ms
+STAGES = ("resample", "features", "audio2expression", "smoothing", "raster", "renderer", "paste", "encode")
+SPEECH = REPO.parent / "shared" / "data" / "speech"
+CALIBRATION_SEED = 101
+MATCH_WINDOW_S = 1.0  # lips and returned audio are searched up to 1 s after each sent onset
+CLOSED_FRAMES = 3  # a mouth onset: the score crosses half-open after 3 frames below it
+TAIL_S = 1.5  # keep the call open this long after the signal (the pipeline delay and transport)
+TARGET_DELAY_P95_MS = 250.0
+TARGET_AV_P95_MS = 45.0
+
+
+# ---------------------------------------------------------------------------------------- stages
+
+
+def vp8_encoder() -> Any:
+    """aiortc's VP8 encoder, as its RTP sender creates it."""
+    from aiortc.codecs import get_encoder
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+    return get_encoder(RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90_000, payloadType=96))
+
+
+def stage_latency(engine: AvatarEngine, timed_chunks: int, warmup_chunks: int = 5) -> dict[str, Any]:
+    """Per-chunk milliseconds of every stage, ``timed_chunks`` chunks of generated speech."""
+    chunk = engine.backend.shape.chunk_frames
+    frames = (timed_chunks + warmup_chunks) * chunk + 10
+    speech16 = synthesize_speech(7, frames / FPS + 1).audio
+    speech48 = resample_poly(speech16, 3, 1).astype(np.float32)
+    stream = engine.new_stream()
+    current: dict[str, float] = defaultdict(float)
+
+    def observe(stage: str, ms: float) -> None:
+        current[stage] += ms
+
+    stream.times.observer = observe
+    audio_input, encoder = AudioInput(), vp8_encoder()
+    per_chunk: dict[str, list[float]] = {stage: [] for stage in STAGES}
+    done, frame_index = 0, 0
+    for first in range(0, len(speech48), PACKET_SAMPLES):
+        started = time.perf_counter()
+        samples = audio_input.convert(speech48[first : first + PACKET_SAMPLES], SEND_RATE_HZ)
+        current["resample"] += 1000 * (time.perf_counter() - started)
+        stream.push(samples)
+        while stream.chunk_ready() and done < timed_chunks + warmup_chunks:
+            for frame in stream.render_chunk():
+                assert frame.image is not None
+                video = av.VideoFrame.from_ndarray(frame.image, format="rgb24")
+                video.pts, video.time_base = frame_index * 3600, fractions.Fraction(1, 90_000)
+                started = time.perf_counter()
+                encoder.encode(video)
+                current["encode"] += 1000 * (time.perf_counter() - started)
+                frame_index += 1
+            if done >= warmup_chunks:
+                for stage in STAGES:
+                    per_chunk[stage].append(current.get(stage, 0.0))
+            current.clear()
+            done += 1
+        if done >= timed_chunks + warmup_chunks:
+            break
+    totals = [sum(values) for values in zip(*per_chunk.values(), strict=True)]
+    return {
+        "chunks_timed": len(totals),
+        "stage_ms_per_chunk": {stage: percentiles(values) for stage, values in per_chunk.items()},
+        "total_ms_per_chunk": percentiles(totals),
+        "total_ms_per_frame": {q: value / chunk for q, value in percentiles(totals).items()},
+        "frames_per_s": 1000 * chunk / percentiles(totals)["p50"],
+    }
+
+
+# ------------------------------------------------------------------------------ mouth-to-photon
+
+
+async def call(url: str, signal: TestSignal) -> tuple[ClientRecording, float]:
+    """Play ``signal`` into a call to the server; returns what came back and when sample 0 was made."""
+    track = ArrayAudioTrack(resample_poly(signal.audio, 3, 1).astype(np.float32), SEND_RATE_HZ)
+    client = AvatarClient(url, track, keep_images=True)
+    try:
+        await client.connect()
+        while track.started is None:
+            await asyncio.sleep(0.01)
+        end = track.started + signal.duration_s + TAIL_S
+        while time.monotonic() < end:
+            client.ping()
+            await asyncio.sleep(0.5)
+        return client.recording, track.started
+    finally:
+        await client.close()
+
+
+def playout_times(recording: ClientRecording) -> tuple[np.ndarray, np.ndarray]:
+    """Received audio as one (S,) array and (S,) play times: each packet plays when it arrives,
+    or right after the previous one if that is still playing (a player without extra buffering)."""
+    rate = recording.audio_rate_hz
+    samples, times, cursor = [], [], -np.inf
+    for arrival, packet in recording.audio:
+        start = max(arrival, cursor)
+        samples.append(packet)
+        times.append(start + np.arange(len(packet)) / rate)
+        cursor = start + len(packet) / rate
+    if not samples:
+        return np.zeros(0, np.float32), np.zeros(0)
+    return np.concatenate(samples), np.concatenate(times)
+
+
+def mouth_onsets(arrivals: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Arrival times of the frames where the mouth opens: the score crosses half-way from closed
+    (10th percentile) to open (90th) after ``CLOSED_FRAMES`` frames below."""
+    if len(scores) < CLOSED_FRAMES + 1:
+        return np.zeros(0)
+    closed, opened = np.percentile(scores, 10), np.percentile(scores, 90)
+    above = scores > closed + 0.5 * (opened - closed)
+    return np.asarray(
+        [
+            arrivals[i]
+            for i in range(CLOSED_FRAMES, len(scores))
+            if above[i] and not above[i - CLOSED_FRAMES : i].any()
+        ]
+    )
+
+
+def first_after(times: np.ndarray, moment: float) -> float | None:
+    later = times[(times >= moment) & (times <= moment + MATCH_WINDOW_S)]
+    return float(later[0]) if len(later) else None
+
+
+def best_lag_ms(
+    signal: TestSignal, started: float, arrivals: np.ndarray, scores: np.ndarray
+) -> tuple[float, float]:
+    """Lag (ms) maximising the correlation of the mouth score with the sent loudness, and that
+    correlation: a check on the onset matching that needs no threshold."""
+    level = envelope_db(signal.audio, RATE_HZ)
+    level = np.maximum(level, level.max() - 60)
+    hop_s = len(signal.audio) / RATE_HZ / len(level)
+    best = (0.0, -1.0)
+    for lag_ms in range(0, 1000, 10):
+        index = ((arrivals - started - lag_ms / 1000) / hop_s).astype(int)
+        valid = (index >= 0) & (index < len(level))
+        if valid.sum() < 20:
+            continue
+        corr = float(np.corrcoef(scores[valid], level[index[valid]])[0, 1])
+        if corr > best[1]:
+            best = (float(lag_ms), corr)
+    return best
+
+
+def analyse(
+    signal: TestSignal, recording: ClientRecording, started: float, probe: MouthProbe
+) -> dict[str, Any]:
+    """Match each sent onset with the lips and the returned audio (all times on one clock)."""
+    arrivals = np.array([frame.arrival_s for frame in recording.video])
+    scores = np.array([probe.score(frame.image) for frame in recording.video])
+    lips = mouth_onsets(arrivals, scores)
+    audio, play_times = playout_times(recording)
+    returned = play_times[
+        (audio_onsets(audio, recording.audio_rate_hz) * recording.audio_rate_hz).astype(int)
+    ]
+    delays, offsets = [], []
+    for onset in started + signal.onsets_s:
+        lips_out = first_after(lips, onset)
+        if lips_out is None:
+            continue
+        delays.append(1000 * (lips_out - onset))
+        audio_out = first_after(returned, onset)
+        if audio_out is not None:
+            offsets.append(1000 * (lips_out - audio_out))
+    lag_ms, corr = best_lag_ms(signal, started, arrivals, scores)
+    stats = recording.stats[-1] if recording.stats else {}
+    return {
+        "signal": signal.name,
+        "onsets_sent": len(signal.onsets_s),
+        "onsets_matched": len(delays),
+        "onsets_with_audio": len(offsets),
+        "frames_received": len(arrivals),
+        "frames_expected": int(signal.duration_s * FPS),
+        "audio_in_to_lips_out_ms": delays,
+        "av_offset_ms": offsets,
+        "correlation_best_lag_ms": lag_ms,
+        "correlation_at_best_lag": corr,
+        "server": {key: stats.get(key) for key in ("pipeline_latency_ms", "frames_sent", "frames_skipped")},
+        "rtt_ms_p50": float(np.median(recording.rtt_ms)) if recording.rtt_ms else None,
+    }
+
+
+def render_response(engine: AvatarEngine, signals: list[TestSignal], probe: MouthProbe) -> dict[str, float]:
+    """The avatar's own timing, no clock and no transport: (frame where the mouth opens) × 40 ms
+    minus the onset, on each signal's timeline (negative: the lips anticipate the sound)."""
+    responses = []
+    for signal in signals:
+        scores = np.array(
+            [probe.score(f.image) for f in stream_file(engine, signal.audio) if f.image is not None]
+        )
+        lips = mouth_onsets(np.arange(len(scores)) * FRAME_MS / 1000, scores)
+        for onset in signal.onsets_s:
+            opened = first_after(lips, float(onset) - FRAME_MS / 1000 * 2)
+            if opened is not None:
+                responses.append(1000 * (opened - onset))
+    return percentiles(responses) if responses else {}
+
+
+def mouth_to_photon(
+    avatar: Path, backend: str, chunk: int | None, signals: list[TestSignal], probe: MouthProbe
+) -> dict[str, Any]:
+    """One server process, one call per signal; delays pooled over the signals."""
+    runs = []
+    with serve_process(avatar, backend, chunk) as url:
+        for signal in signals:
+            recording, started = asyncio.run(call(url, signal))
+            runs.append(analyse(signal, recording, started, probe))
+            print(
+                f"    {signal.name}: {runs[-1]['onsets_matched']}/{runs[-1]['onsets_sent']} onsets, "
+                f"{runs[-1]['frames_received']} frames",
+                flush=True,
+            )
+    delays = [value for run in runs for value in run["audio_in_to_lips_out_ms"]]
+    offsets = [value for run in runs for value in run["av_offset_ms"]]
+    return {
+        "audio_in_to_lips_out_ms": percentiles(delays) if delays else None,
+        "av_offset_ms": percentiles(offsets) if offsets else None,
+        "abs_av_offset_ms": percentiles(np.abs(offsets)) if offsets else None,
+        "runs": runs,
+    }
+
+
+# ---------------------------------------------------------------------------------------- report
+
+
+def make_signals(names: list[str], seconds: float, speech_files: list[Path]) -> list[TestSignal]:
+    signals = []
+    if "bursts" in names:
+        signals.append(bursts(seed=3, seconds=seconds))
+    if "speech" in names:
+        per_file = max(8.0, seconds / max(1, len(speech_files)))
+        signals += [speech_pieces(path, seed=5, seconds=per_file) for path in speech_files]
+    return signals
+
+
+def measure(args: argparse.Namespace, avatar: Path) -> list[dict[str, Any]]:
+    rows = []
+    signals = make_signals(args.signals, args.seconds, args.speech) if not args.skip_loopback else []
+    for backend in args.backends:
+        for chunk in args.chunks:
+            engine = AvatarEngine.load(avatar, backend, StreamSettings(chunk_frames=chunk))
+            try:
+                shape = engine.backend.shape
+                row: dict[str, Any] = {
+                    "backend": engine.backend.name,
+                    "preset": engine.bundle.config.preset,
+                    "chunk_frames": shape.chunk_frames,
+                    "past_frames": shape.past_frames,
+                    "pipeline_delay_ms": engine.latency_ms,
+                    "latency_budget_ms": engine.latency_budget(),
+                }
+                print(f"{row['backend']} C={shape.chunk_frames}: stages ...", flush=True)
+                row["stages"] = stage_latency(engine, args.timed_chunks)
+                probe = None
+                if signals:
+                    calibration = synthesize_speech(CALIBRATION_SEED, 6 if args.quick else 10).audio
+                    probe = MouthProbe.calibrate(engine, calibration)
+                    row["render_response_ms"] = render_response(engine, signals, probe)
+            finally:
+                engine.close()
+            if probe is not None:
+                print(f"{row['backend']} C={shape.chunk_frames}: WebRTC loopback ...", flush=True)
+                row["loopback"] = mouth_to_photon(avatar, backend, chunk, signals, probe)
+            rows.append(row)
+            print(summary_line(row), flush=True)
+    return rows
+
+
+def summary_line(row: dict[str, Any]) -> str:
+    total = row["stages"]["total_ms_per_chunk"]
+    text = (
+        f"{row['preset']} {row['backend']} C={row['chunk_frames']}: chunk "
+        f"{total['p50']:.1f}/{total['p95']:.1f}/{total['p99']:.1f} ms, "
+        f"{row['stages']['frames_per_s']:.1f} frames/s, pipeline delay "
+        f"{row['pipeline_delay_ms']:.0f} ms"
+    )
+    loop = row.get("loopback")
+    if loop and loop["audio_in_to_lips_out_ms"]:
+        delay, offset = loop["audio_in_to_lips_out_ms"], loop["abs_av_offset_ms"] or {}
+        text += (
+            f"; audio-in → lips-out {delay['p50']:.0f}/{delay['p95']:.0f}/{delay['p99']:.0f} ms, "
+            f"|A/V| p95 {offset.get('p95', float('nan')):.0f} ms"
+        )
+    return text
+
+
+def _fmt(values: dict[str, float] | None) -> str:
+    return " / ".join(f"{values[q]:.0f}" for q in ("p50", "p95", "p99")) if values else "—"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    lines = [
+        f"# latency — {result['date']}",
+        "",
+        f"Machine: {m['processor']} ({m['cpus']} CPUs, torch {m['torch']}, GPU {m['gpu']}), commit "
+        f"{result['commit']}. Avatar `{result['avatar']}`.",
+        "",
+        "## Stages (ms per chunk, p50 / p95 / p99)",
+        "",
+        "| preset | backend | C | " + " | ".join(STAGES) + " | total | frames/s |",
+        "|---|---|---:|" + "---:|" * (len(STAGES) + 2),
+    ]
+    for row in result["rows"]:
+        stages = row["stages"]
+        cells = [_fmt(stages["stage_ms_per_chunk"][stage]) for stage in STAGES]
+        lines.append(
+            f"| {row['preset']} | {row['backend']} | {row['chunk_frames']} | "
+            + " | ".join(cells)
+            + f" | {_fmt(stages['total_ms_per_chunk'])} | {stages['frames_per_s']:.1f} |"
+        )
+    looped = [row for row in result["rows"] if row.get("loopback")]
+    if looped:
+        lines += [
+            "",
+            "## Mouth-to-photon over a WebRTC loopback (ms, p50 / p95 / p99)",
+            "",
+            f"Targets: audio-in → lips-out ≤ {TARGET_DELAY_P95_MS:.0f} ms p95, |A/V| ≤ "
+            f"{TARGET_AV_P95_MS:.0f} ms p95. A/V offset > 0: lips after the sound.",
+            "",
+            "| preset | backend | C | pipeline delay | render response | audio-in → lips-out | A/V offset "
+            "| abs A/V offset | onsets | server skipped frames | xcorr lag |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in looped:
+            loop = row["loopback"]
+            runs = loop["runs"]
+            matched = sum(run["onsets_matched"] for run in runs)
+            sent = sum(run["onsets_sent"] for run in runs)
+            skipped = sum(run["server"]["frames_skipped"] or 0 for run in runs)
+            frames = sum(run["server"]["frames_sent"] or 0 for run in runs)
+            lags = ", ".join(f"{run['correlation_best_lag_ms']:.0f}" for run in runs)
+            lines.append(
+                f"| {row['preset']} | {row['backend']} | {row['chunk_frames']} "
+                f"| {row['pipeline_delay_ms']:.0f} | {_fmt(row.get('render_response_ms'))} "
+                f"| {_fmt(loop['audio_in_to_lips_out_ms'])} | {_fmt(loop['av_offset_ms'])} "
+                f"| {_fmt(loop['abs_av_offset_ms'])} | {matched}/{sent} | {skipped}/{frames} | {lags} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for row in result["rows"]:
+        label = f"{row['backend']} C={row['chunk_frames']}"
+        stages = row["stages"]["stage_ms_per_chunk"]
+        axes[0].barh(
+            [f"{label}: {stage}" for stage in STAGES], [stages[stage]["p50"] for stage in STAGES], height=0.6
+        )
+        loop = row.get("loopback")
+        if loop:
+            runs = loop["runs"]
+            cdf_plot(axes[1], [v for run in runs for v in run["audio_in_to_lips_out_ms"]], label)
+            cdf_plot(axes[2], [v for run in runs for v in run["av_offset_ms"]], label)
+    axes[0].set(title="stage p50 (ms per chunk)", xlabel="ms")
+    axes[0].tick_params(axis="y", labelsize=6)
+    axes[1].axvline(TARGET_DELAY_P95_MS, color="grey", linestyle="--", linewidth=1)
+    axes[1].set(title="audio-in → lips-out", xlabel="ms", ylabel="fraction of onsets")
+    for bound in (-TARGET_AV_P95_MS, TARGET_AV_P95_MS):
+        axes[2].axvline(bound, color="grey", linestyle="--", linewidth=1)
+    axes[2].set(title="A/V offset (lips − returned audio)", xlabel="ms")
+    for axis in axes[1:]:
+        if axis.lines:
+            axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--avatar", type=Path, help="avatar bundle (default: bundled, else run.sh's demo)")
+    parser.add_argument("--backends", nargs="+", default=["onnxruntime-cpu"])
+    parser.add_argument("--chunks", nargs="+", type=int, default=[0], help="chunk sizes (0: the avatar's)")
+    parser.add_argument("--timed-chunks", type=int, default=300)
+    parser.add_argument("--signals", nargs="+", choices=["bursts", "speech"], default=["bursts", "speech"])
+    parser.add_argument("--speech", nargs="+", type=Path, help="recordings for the speech signal")
+    parser.add_argument("--seconds", type=float, default=30.0, help="length of each signal")
+    parser.add_argument("--skip-loopback", action="store_true", help="stage timings only")
+    parser.add_argument("--quick", action="store_true", help="few chunks, one short burst signal")
+    parser.add_argument("--results", type=Path, default=REPO / "results")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.timed_chunks, args.signals, args.seconds = 20, ["bursts"], 8.0
+    if "speech" in args.signals and not args.speech:
+        args.speech = sorted(SPEECH.glob("*.wav"))
+        if not args.speech:
+            print(f"note: no recordings in {SPEECH}; the speech signal is left out", flush=True)
+            args.signals = [name for name in args.signals if name != "speech"]
+    args.chunks = [chunk or None for chunk in args.chunks]
+    avatar = bench_avatar(args.avatar)
+    rows = measure(args, avatar)
+    result = {
+        "name": "latency",
+        "date": today(),
+        "commit": git_commit(),
+        "machine": machine(),
+        "quick": args.quick,
+        "avatar": str(avatar),
+        "signals": args.signals,
+        "speech_files": [path.name for path in args.speech or []],
+        "seconds_per_signal": args.seconds,
+        "rows": rows,
+    }
+    text = markdown(result)
+    json_path = write_results(args.results, "latency", result, text, args.quick)
+    plot(result, json_path.with_suffix(".png"))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
