@@ -33,7 +33,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import REPO, git_commit, machine, today, write_results
+from benchmarks.common import REPO, git_commit, machine, run_script, today, write_results
 from engines.backends import StreamShape
 from engines.backends.graphs import CausalSmoothingWeights, Expressions, RendererChunk
 from engines.nets import PRESETS, AdaptiveSmoothing, AudioToExpression, Renderer
@@ -390,4 +390,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_script(main))

@@ -6,6 +6,8 @@ import json
 import os
 import platform
 import subprocess
+import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -62,6 +64,7 @@ DEMO_AVATAR = REPO / ".cache" / "demo-avatar" / "avatar"
 def bench_avatar(path: Path | None) -> Path:
     """The avatar to measure: ``path``, else the bundled default avatar, else run.sh's demo avatar."""
     from engines.bundle import MANIFEST
+    from engines.errors import InputError
     from realtime.avatars import DEFAULT_AVATAR_DIR
 
     if path is not None:
@@ -69,8 +72,8 @@ def bench_avatar(path: Path | None) -> Path:
     for candidate in (DEFAULT_AVATAR_DIR, DEMO_AVATAR):
         if (candidate / MANIFEST).is_file():
             return candidate
-    raise SystemExit(
-        "error: no avatar to measure: pass --avatar PATH (no bundled default avatar is installed, and "
+    raise InputError(
+        "no avatar to measure: pass --avatar PATH (no bundled default avatar is installed, and "
         "./run.sh has not built its demo avatar in .cache/demo-avatar)"
     )
 
@@ -80,3 +83,14 @@ def cdf_plot(axis: Any, values: list[float] | np.ndarray, label: str) -> None:
     ordered = np.sort(np.asarray(values, dtype=float))
     if len(ordered):
         axis.step(ordered, np.arange(1, len(ordered) + 1) / len(ordered), where="post", label=label)
+
+
+def run_script(main: Callable[[list[str] | None], int]) -> int:
+    """Run a benchmark's ``main`` as a script: a user error is one line on stderr and status 1."""
+    from engines.errors import StableFaceError
+
+    try:
+        return main(None)
+    except StableFaceError as exc:
+        print(f"{Path(sys.argv[0]).name}: error: {exc}", file=sys.stderr)
+        return 1

@@ -48,6 +48,7 @@ from benchmarks.common import (
     git_commit,
     machine,
     percentiles,
+    run_script,
     today,
     write_results,
 )
@@ -66,8 +67,11 @@ PACKET_SAMPLES = SEND_RATE_HZ // 50  # 20 ms
 STAGES = ("resample", "features", "audio2expression", "smoothing", "raster", "renderer", "paste", "encode")
 SPEECH = REPO.parent / "shared" / "data" / "speech"
 CALIBRATION_SEED = 101
-MATCH_WINDOW_S = 1.0  # lips and returned audio are searched up to 1 s after each sent onset
-CLOSED_FRAMES = 3  # a mouth onset: the score crosses half-open after 3 frames below it
+MATCH_HALF_WIDTH_S = 0.16  # lips are matched within ±160 ms of the cross-correlation's lag
+AUDIO_SEARCH_S = 1.0  # the returned audio's onset is searched up to 1 s after each sent onset
+CLOSED_FRAMES = 3  # a mouth onset: a rise of OPENING_FRACTION over the 3 frames before
+OPENING_FRACTION = 0.35
+REFRACTORY_S = 0.4
 TAIL_S = 1.5  # keep the call open this long after the signal (the pipeline delay and transport)
 TARGET_DELAY_P95_MS = 250.0
 TARGET_AV_P95_MS = 45.0
@@ -167,24 +171,24 @@ def playout_times(recording: ClientRecording) -> tuple[np.ndarray, np.ndarray]:
 
 
 def mouth_onsets(arrivals: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Arrival times of the frames where the mouth opens: the score crosses half-way from closed
-    (10th percentile) to open (90th) after ``CLOSED_FRAMES`` frames below."""
+    """Arrival times of the frames where the lips start to part: the score rises above the median
+    of the ``CLOSED_FRAMES`` frames before it by ``OPENING_FRACTION`` of the score's range (10th to
+    90th percentile), at most one onset per ``REFRACTORY_S``."""
     if len(scores) < CLOSED_FRAMES + 1:
         return np.zeros(0)
-    closed, opened = np.percentile(scores, 10), np.percentile(scores, 90)
-    above = scores > closed + 0.5 * (opened - closed)
-    return np.asarray(
-        [
-            arrivals[i]
-            for i in range(CLOSED_FRAMES, len(scores))
-            if above[i] and not above[i - CLOSED_FRAMES : i].any()
-        ]
-    )
+    rise = OPENING_FRACTION * (np.percentile(scores, 90) - np.percentile(scores, 10))
+    onsets: list[float] = []
+    for i in range(CLOSED_FRAMES, len(scores)):
+        baseline = np.median(scores[i - CLOSED_FRAMES : i])
+        if scores[i] - baseline > rise and (not onsets or arrivals[i] - onsets[-1] > REFRACTORY_S):
+            onsets.append(float(arrivals[i]))
+    return np.asarray(onsets)
 
 
-def first_after(times: np.ndarray, moment: float) -> float | None:
-    later = times[(times >= moment) & (times <= moment + MATCH_WINDOW_S)]
-    return float(later[0]) if len(later) else None
+def first_within(times: np.ndarray, low: float, high: float) -> float | None:
+    """The earliest of ``times`` in [low, high], or None."""
+    inside = times[(times >= low) & (times <= high)]
+    return float(inside[0]) if len(inside) else None
 
 
 def best_lag_ms(
@@ -218,16 +222,19 @@ def analyse(
     returned = play_times[
         (audio_onsets(audio, recording.audio_rate_hz) * recording.audio_rate_hz).astype(int)
     ]
+    # The threshold-free lag locates each onset's lips; a lip onset further than MATCH_HALF_WIDTH_S
+    # from it is another movement (a weak onset missed, a later syllable), counted as unmatched.
+    lag_ms, corr = best_lag_ms(signal, started, arrivals, scores)
     delays, offsets = [], []
     for onset in started + signal.onsets_s:
-        lips_out = first_after(lips, onset)
+        expected = onset + lag_ms / 1000
+        lips_out = first_within(lips, expected - MATCH_HALF_WIDTH_S, expected + MATCH_HALF_WIDTH_S)
         if lips_out is None:
             continue
         delays.append(1000 * (lips_out - onset))
-        audio_out = first_after(returned, onset)
+        audio_out = first_within(returned, onset, onset + AUDIO_SEARCH_S)
         if audio_out is not None:
             offsets.append(1000 * (lips_out - audio_out))
-    lag_ms, corr = best_lag_ms(signal, started, arrivals, scores)
     stats = recording.stats[-1] if recording.stats else {}
     return {
         "signal": signal.name,
@@ -255,7 +262,7 @@ def render_response(engine: AvatarEngine, signals: list[TestSignal], probe: Mout
         )
         lips = mouth_onsets(np.arange(len(scores)) * FRAME_MS / 1000, scores)
         for onset in signal.onsets_s:
-            opened = first_after(lips, float(onset) - FRAME_MS / 1000 * 2)
+            opened = first_within(lips, onset - 2 * FRAME_MS / 1000, onset + MATCH_HALF_WIDTH_S)
             if opened is not None:
                 responses.append(1000 * (opened - onset))
     return percentiles(responses) if responses else {}
@@ -480,4 +487,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_script(main))

@@ -35,7 +35,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.ceiling import ceiling, frame_cost, measure_peak
-from benchmarks.common import REPO, bench_avatar, git_commit, machine, percentiles, today, write_results
+from benchmarks.common import (
+    REPO,
+    bench_avatar,
+    git_commit,
+    machine,
+    percentiles,
+    run_script,
+    today,
+    write_results,
+)
 from offline_training.synthetic.speech import synthesize_speech
 from realtime.engine import AvatarEngine
 from realtime.live import push_samples
@@ -240,4 +249,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_script(main))

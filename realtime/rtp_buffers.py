@@ -25,16 +25,38 @@ _PRIVATE_ATTRIBUTE = "_RTCRtpReceiver__jitter_buffer"
 
 
 class PromptJitterBuffer(JitterBuffer):
-    """aiortc's jitter buffer, releasing each frame as soon as it is complete."""
+    """aiortc's jitter buffer, releasing each frame as soon as it is complete.
+
+    aiortc's receiver takes one frame per arriving packet, so frames completed together (after
+    a reordered or lost packet) would leave one packet late each, for good. Audio therefore
+    drops all but the newest ``MAX_AUDIO_BACKLOG`` complete packets (a short gap, no lasting
+    delay); video keeps every frame (the decoder needs them) and catches up as packets arrive.
+    """
+
+    MAX_AUDIO_BACKLOG = 2
 
     def __init__(self, capacity: int, is_video: bool) -> None:
         super().__init__(capacity=capacity, prefetch=0, is_video=is_video)
 
-    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
-        pli_flag, frame = super().add(packet)
-        if frame is None:
-            frame = self._pop_complete_frame()
-        return pli_flag, frame
+    def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
+        if not self._is_video:
+            complete = self._complete_run()
+            if complete > self.MAX_AUDIO_BACKLOG:
+                self.remove(complete - self.MAX_AUDIO_BACKLOG)
+        return self._pop_complete_frame()
+
+    def _packet_at(self, count: int) -> RtpPacket | None:
+        assert self._origin is not None
+        return self._packets[(self._origin + count) % self._capacity]
+
+    def _complete_run(self) -> int:
+        """How many packets from the oldest on are present without a gap."""
+        if self._origin is None:
+            return 0
+        count = 0
+        while count < self._capacity and self._packet_at(count) is not None:
+            count += 1
+        return count
 
     def _pop_complete_frame(self) -> JitterFrame | None:
         """The oldest frame if all its packets are in (removed from the buffer), else None."""
@@ -42,7 +64,7 @@ class PromptJitterBuffer(JitterBuffer):
             return None
         packets: list[RtpPacket] = []
         for count in range(self._capacity):
-            packet = self._packets[(self._origin + count) % self._capacity]
+            packet = self._packet_at(count)
             if packet is None or (packets and packet.timestamp != packets[0].timestamp):
                 return None
             packets.append(packet)

@@ -333,8 +333,11 @@ class StreamingSession:
         if self._producer is not None:
             return
         loop = asyncio.get_running_loop()
+        # The clock runs from the call, not from the end of the warm-up render: audio already
+        # arriving must not count as early, or every frame would be late by the warm-up's time.
+        started = self.clock()
         self._store(await loop.run_in_executor(self.engine.executor, self._work, [], False))
-        self._start = self.clock()
+        self._start = started
         self._producer = asyncio.create_task(self._produce())
 
     def _last_output_index(self) -> int | None:

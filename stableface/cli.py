@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from engines.errors import StableFaceError
 from stableface.argtypes import positive_float, positive_int
+from stableface.bench_command import add_bench_parser
 from stableface.live_commands import add_live_parser, add_serve_parser
 
 if TYPE_CHECKING:
@@ -34,7 +35,6 @@ EXIT_INTERRUPTED = 130
 
 ROADMAP = {
     "eval": (4, "Evaluation: MSI and the paper's metrics"),
-    "bench": (8, "Latency and throughput benchmarks"),
 }
 
 Handler = Callable[[argparse.Namespace], int]
@@ -414,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.set_defaults(handler=_cmd_synth)
     add_serve_parser(sub)
     add_live_parser(sub)
+    add_bench_parser(sub)
 
     for command, (issue, title) in ROADMAP.items():
         placeholder = sub.add_parser(

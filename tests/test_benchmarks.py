@@ -74,3 +74,63 @@ def test_ceiling_quick_bounds_every_preset_by_compute_and_memory(tmp_path: Path)
     assert result_file.with_suffix(".png").stat().st_size > 1000
     assert result_file.with_suffix(".md").read_text().startswith("# ")
     assert module.frame_cost("paper")["gflop_per_frame"] > module.frame_cost("small")["gflop_per_frame"]
+
+
+def test_latency_quick_times_every_stage_and_the_lips_over_webrtc(
+    speaking_avatar: Path, tmp_path: Path
+) -> None:
+    module = _load("latency")
+    assert module.main(["--quick", "--avatar", str(speaking_avatar), "--results", str(tmp_path)]) == 0
+    [result_file] = tmp_path.glob("latency-*-quick.json")
+    [row] = json.loads(result_file.read_text())["rows"]
+    stages = row["stages"]["stage_ms_per_chunk"]
+    assert set(stages) == set(module.STAGES)
+    for stage in ("features", "renderer", "paste", "encode"):
+        assert 0 < stages[stage]["p50"] <= stages[stage]["p95"] <= stages[stage]["p99"], stage
+    loop = row["loopback"]
+    [run] = loop["runs"]
+    assert run["onsets_matched"] >= run["onsets_sent"] - 1 >= 4
+    assert run["server"]["frames_skipped"] == 0
+    delay = loop["audio_in_to_lips_out_ms"]
+    # Nothing shows the lips before the pipeline's own delay (less the frame they anticipate);
+    # the transport over loopback adds tens of ms, not hundreds.
+    assert row["pipeline_delay_ms"] - 80 <= delay["p50"] <= row["pipeline_delay_ms"] + 200
+    # The threshold-free cross-correlation agrees with the onset matching.
+    assert abs(run["correlation_best_lag_ms"] - delay["p50"]) <= 80
+    assert abs(loop["av_offset_ms"]["p50"]) <= 80
+    assert result_file.with_suffix(".png").stat().st_size > 1000
+    assert result_file.with_suffix(".md").read_text().startswith("# latency")
+
+
+def test_throughput_quick_keeps_sessions_in_real_time_under_the_ceiling(
+    speaking_avatar: Path, tmp_path: Path
+) -> None:
+    module = _load("throughput")
+    assert module.main(["--quick", "--avatar", str(speaking_avatar), "--results", str(tmp_path)]) == 0
+    [result_file] = tmp_path.glob("throughput-*-quick.json")
+    [row] = json.loads(result_file.read_text())["rows"]
+    assert 25 < row["saturated_frames_per_s"] < row["ceiling_frames_per_s"]
+    first = row["sessions"][0]
+    assert first["sessions"] == 1 and first["real_time"]
+    assert 20 < first["rendered_frames_per_s"] <= 26
+    assert row["max_real_time_sessions"] >= 1
+    assert result_file.with_suffix(".md").read_text().startswith("# throughput")
+
+
+def test_stableface_bench_runs_a_benchmark_script(tmp_path: Path) -> None:
+    from stableface.cli import main
+
+    assert main(["bench", "ceiling", "--quick", "--presets", "tiny", "--results", str(tmp_path)]) == 0
+    assert list(tmp_path.glob("ceiling-*-quick.json"))
+
+
+def test_a_benchmark_without_a_usable_avatar_says_so_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "throughput.py"), "--quick", "--avatar", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0 and "not an avatar" in result.stderr

@@ -7,7 +7,7 @@ import pytest
 from engines.media.decode import probe_media
 from stableface.cli import ROADMAP, build_parser, main
 
-COMMANDS = ["prepare", "train", "render", "export", "synth", *ROADMAP]
+COMMANDS = ["prepare", "train", "render", "export", "synth", "serve", "live", "bench", *ROADMAP]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
