@@ -49,10 +49,12 @@ def today() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d")
 
 
-def write_results(folder: Path, name: str, result: dict[str, Any], markdown: str, quick: bool) -> Path:
-    """Write ``<name>-<date>[-quick].json`` and ``.md`` into ``folder``; returns the JSON path."""
+def write_results(
+    folder: Path, name: str, result: dict[str, Any], markdown: str, quick: bool, label: str | None = None
+) -> Path:
+    """Write ``<name>-<date>[-<label>][-quick].json`` and ``.md`` into ``folder``; returns the JSON path."""
     folder.mkdir(parents=True, exist_ok=True)
-    stem = f"{name}-{result['date']}" + ("-quick" if quick else "")
+    stem = f"{name}-{result['date']}" + (f"-{label}" if label else "") + ("-quick" if quick else "")
     (folder / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     (folder / f"{stem}.md").write_text(markdown)
     return folder / f"{stem}.json"

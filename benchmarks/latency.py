@@ -53,7 +53,7 @@ from benchmarks.common import (
     write_results,
 )
 from benchmarks.serve_process import serve_process
-from benchmarks.signals import RATE_HZ, TestSignal, audio_onsets, bursts, envelope_db, speech_pieces
+from benchmarks.signals import RATE_HZ, TestSignal, bursts, envelope_db, speech_pieces
 from offline_training.synthetic.speech import synthesize_speech
 from realtime.audio_input import AudioInput
 from realtime.client import ArrayAudioTrack, AvatarClient, ClientRecording
@@ -68,7 +68,6 @@ STAGES = ("resample", "features", "audio2expression", "smoothing", "raster", "re
 SPEECH = REPO.parent / "shared" / "data" / "speech"
 CALIBRATION_SEED = 101
 MATCH_HALF_WIDTH_S = 0.16  # lips are matched within ±160 ms of the cross-correlation's lag
-AUDIO_SEARCH_S = 1.0  # the returned audio's onset is searched up to 1 s after each sent onset
 CLOSED_FRAMES = 3  # a mouth onset: a rise of OPENING_FRACTION over the 3 frames before
 OPENING_FRACTION = 0.35
 REFRACTORY_S = 0.4
@@ -170,6 +169,43 @@ def playout_times(recording: ClientRecording) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(samples), np.concatenate(times)
 
 
+def audio_delays_s(
+    signal: TestSignal, started: float, recording: ClientRecording, onsets: np.ndarray
+) -> list[float | None]:
+    """When each onset's sound plays at the client, as a delay after it was spoken (None: not found).
+
+    The loudness envelopes (5 ms) of the sent and the returned audio are cross-correlated: first
+    over the whole call (0-1 s), then around each onset (-50..+300 ms of it, ±60 ms around the
+    call's lag), so no loudness threshold decides where a sound starts in a lossy copy.
+    """
+    audio, play_times = playout_times(recording)
+    hop_sent, hop_back = RATE_HZ // 200, recording.audio_rate_hz // 200
+    count = len(audio) // hop_back
+    if count < 10:
+        return [None] * len(onsets)
+    back = np.sqrt((audio[: count * hop_back].reshape(count, hop_back) ** 2).mean(1))
+    back_times = play_times[: count * hop_back : hop_back]
+    frames = len(signal.audio) // hop_sent
+    sent = np.sqrt((signal.audio[: frames * hop_sent].reshape(frames, hop_sent) ** 2).mean(1))
+    sent_times = started + np.arange(frames) * hop_sent / RATE_HZ
+
+    def corr_at(lag: float, mask: np.ndarray) -> float:
+        shifted = np.interp(sent_times[mask] + lag, back_times, back, left=0.0, right=0.0)
+        if shifted.std() == 0 or sent[mask].std() == 0:
+            return -1.0
+        return float(np.corrcoef(sent[mask], shifted)[0, 1])
+
+    everything = np.ones(frames, bool)
+    overall = max(np.arange(0.0, 1.0, 0.005), key=lambda lag: corr_at(lag, everything))
+    delays: list[float | None] = []
+    for onset in onsets:
+        window = (sent_times >= onset - 0.05) & (sent_times < onset + 0.3)
+        lags = np.arange(overall - 0.06, overall + 0.06, 0.001)
+        scores = [corr_at(lag, window) for lag in lags]
+        delays.append(float(lags[int(np.argmax(scores))]) if max(scores) > 0.5 else None)
+    return delays
+
+
 def mouth_onsets(arrivals: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """Arrival times of the frames where the lips start to part: the score rises above the median
     of the ``CLOSED_FRAMES`` frames before it by ``OPENING_FRACTION`` of the score's range (10th to
@@ -218,23 +254,19 @@ def analyse(
     arrivals = np.array([frame.arrival_s for frame in recording.video])
     scores = np.array([probe.score(frame.image) for frame in recording.video])
     lips = mouth_onsets(arrivals, scores)
-    audio, play_times = playout_times(recording)
-    returned = play_times[
-        (audio_onsets(audio, recording.audio_rate_hz) * recording.audio_rate_hz).astype(int)
-    ]
     # The threshold-free lag locates each onset's lips; a lip onset further than MATCH_HALF_WIDTH_S
     # from it is another movement (a weak onset missed, a later syllable), counted as unmatched.
     lag_ms, corr = best_lag_ms(signal, started, arrivals, scores)
+    onsets = started + signal.onsets_s
     delays, offsets = [], []
-    for onset in started + signal.onsets_s:
+    for onset, audio_delay in zip(onsets, audio_delays_s(signal, started, recording, onsets), strict=True):
         expected = onset + lag_ms / 1000
         lips_out = first_within(lips, expected - MATCH_HALF_WIDTH_S, expected + MATCH_HALF_WIDTH_S)
         if lips_out is None:
             continue
         delays.append(1000 * (lips_out - onset))
-        audio_out = first_within(returned, onset, onset + AUDIO_SEARCH_S)
-        if audio_out is not None:
-            offsets.append(1000 * (lips_out - audio_out))
+        if audio_delay is not None:
+            offsets.append(1000 * (lips_out - onset - audio_delay))
     stats = recording.stats[-1] if recording.stats else {}
     return {
         "signal": signal.name,
@@ -456,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-loopback", action="store_true", help="stage timings only")
     parser.add_argument("--quick", action="store_true", help="few chunks, one short burst signal")
     parser.add_argument("--results", type=Path, default=REPO / "results")
+    parser.add_argument("--label", help="added to the result file names (several runs on one day)")
     args = parser.parse_args(argv)
     if args.quick:
         args.timed_chunks, args.signals, args.seconds = 20, ["bursts"], 8.0
@@ -480,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
     }
     text = markdown(result)
-    json_path = write_results(args.results, "latency", result, text, args.quick)
+    json_path = write_results(args.results, "latency", result, text, args.quick, args.label)
     plot(result, json_path.with_suffix(".png"))
     print(text)
     return 0

@@ -6,7 +6,7 @@ in the audio that comes back and in the avatar's mouth (the voice gate closes it
 - ``bursts``: the project's generated speech (``offline_training.synthetic``), 0.35-0.6 s bursts
   separated by 0.6-1.0 s of silence, onsets at random sub-frame positions;
 - ``speech``: a real recording cut into 0.5 s pieces (each starting at a random point of the
-  file), each followed by 0.7 s of silence; pieces without speech in them are dropped.
+  file), each followed by 0.6-0.9 s of silence; pieces without speech in them are dropped.
 """
 
 from __future__ import annotations
@@ -65,13 +65,11 @@ def bursts(seed: int, seconds: float) -> TestSignal:
     return TestSignal("bursts", audio, audio_onsets(audio, RATE_HZ))
 
 
-def speech_pieces(
-    path: Path, seed: int, seconds: float, piece_s: float = 0.5, gap_s: float = 0.7
-) -> TestSignal:
-    """Pieces of a real recording with silence between them, ``seconds`` long."""
+def speech_pieces(path: Path, seed: int, seconds: float, piece_s: float = 0.5) -> TestSignal:
+    """Pieces of a real recording with 0.6-0.9 s of silence between them, ``seconds`` long."""
     speech = load_speech(path)
     rng = np.random.default_rng(seed)
-    length, gap = int(piece_s * RATE_HZ), np.zeros(int(gap_s * RATE_HZ), np.float32)
+    length = int(piece_s * RATE_HZ)
     loud = envelope_db(speech, RATE_HZ) > _peak_db(speech) - 20
     pieces = [np.zeros(int(LEAD_IN_S * RATE_HZ), np.float32)]
     used = len(pieces[0])
@@ -82,6 +80,7 @@ def speech_pieces(
         window = slice(start // _hop(RATE_HZ), (start + length) // _hop(RATE_HZ))
         if loud[window].mean() < 0.3:
             continue  # mostly pause or noise: no clear mouth movement to time
+        gap = np.zeros(int(rng.uniform(0.6, 0.9) * RATE_HZ), np.float32)  # onsets off the frame grid
         pieces += [_faded(speech[start : start + length]), gap]
         used += length + len(gap)
     audio = _normalised(np.concatenate(pieces)[: int(seconds * RATE_HZ)])

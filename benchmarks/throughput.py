@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--saturated-frames", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="one chunk size, up to 2 sessions, 4 s")
     parser.add_argument("--results", type=Path, default=REPO / "results")
+    parser.add_argument("--label", help="added to the result file names (several runs on one day)")
     args = parser.parse_args(argv)
     if args.quick:
         args.chunks, args.max_sessions, args.seconds, args.saturated_frames = args.chunks[:1], 2, 4.0, 40
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
     }
     text = markdown(result)
-    json_path = write_results(args.results, "throughput", result, text, args.quick)
+    json_path = write_results(args.results, "throughput", result, text, args.quick, args.label)
     plot(result, json_path.with_suffix(".png"))
     print(text)
     return 0

@@ -55,7 +55,8 @@ class OutputFrame:
     Attributes:
         index: k, output frame number; its presentation time is ``k / 25`` s.
         image: (H, W, 3) uint8 RGB.
-        audio: (640,) float32 16 kHz samples that play with this frame.
+        audio: (640,) float32 16 kHz samples that play with this frame (``audio_lead_ms`` ahead of
+            the frame's own 40 ms, see ``StreamSettings``).
         skipped: True when the slot's own frame was not rendered in time and an earlier (or
             late) image is shown instead.
         source: the stream frame whose image is shown (its ``index`` + the delay is the slot it
@@ -168,6 +169,7 @@ class StreamingSession:
         self.clock = clock
         self.on_stage_ms = on_stage_ms
         self.delay = engine.delay_frames
+        self._audio_lead = round(self.settings.audio_lead_ms * SAMPLE_RATE_HZ / 1000)
         self.stats = SessionStats(latency_ms=self.delay * FRAME_MS)
         self._input = AudioInput()
         self._stream: AvatarStream | None = None
@@ -380,8 +382,9 @@ class StreamingSession:
                 previous = self.engine.frames.full_frame(0)
             if self.realtime and self._start is not None:
                 self._fill_silence()
-            audio = self._log.read((index - self.delay) * SAMPLES_PER_FRAME, SAMPLES_PER_FRAME)
-            self._log.forget_before((index - self.delay) * SAMPLES_PER_FRAME)
+            first = (index - self.delay) * SAMPLES_PER_FRAME + self._audio_lead
+            audio = self._log.read(first, SAMPLES_PER_FRAME)
+            self._log.forget_before(first)
             self._next_out = index + 1
             for stale in [k for k in self._ready if k <= index]:
                 del self._ready[stale]

@@ -111,9 +111,13 @@ def test_streaming_gives_the_same_frames_whatever_the_push_sizes(engine: AvatarE
         ]
         assert max(differences) <= 2, max(differences)
         out = np.concatenate([f.audio for f in frames])
-        shift = delay * SAMPLES_PER_FRAME
+        shift = delay * SAMPLES_PER_FRAME - _lead_samples(engine)
         assert not out[:shift].any()
         np.testing.assert_array_equal(out[shift : shift + len(audio)], audio)  # sample-exact
+
+
+def _lead_samples(engine: AvatarEngine) -> int:
+    return round(engine.settings.audio_lead_ms * SR / 1000)
 
 
 def _onsets(active: np.ndarray, quiet_before: int) -> list[int]:
@@ -139,8 +143,10 @@ def test_lips_and_sound_leave_together(engine: AvatarEngine) -> None:
     assert speaking > rest, "the mouth must open for speech"
     mouth_onsets = [k * 0.04 for k in _onsets(opening > rest + 0.5 * (speaking - rest), 12)]
     assert len(mouth_onsets) == 3, mouth_onsets
+    # The sound leaves audio_lead_ms ahead of its lips (it takes that much longer to arrive).
+    lead_s = engine.settings.audio_lead_ms / 1000
     for sound, mouth in zip(audio_onsets, mouth_onsets, strict=True):
-        assert abs(sound - mouth) <= 0.040 + 1e-9, (sound, mouth)
+        assert abs(sound + lead_s - mouth) <= 0.040 + 1e-3, (sound, mouth)
 
 
 def test_silence_closes_the_mouth_and_plays_the_reference_on(engine: AvatarEngine) -> None:
@@ -207,7 +213,7 @@ def test_a_slow_backend_skips_frames_but_never_falls_behind(tiny_avatar: Path) -
     assert stats["frames_rendered"] > 0.2 * expected
     assert stats["max_lag_ms"] <= 500, stats
     out = np.concatenate([f.audio for f in frames])
-    shift = engine.delay_frames * SAMPLES_PER_FRAME
+    shift = engine.delay_frames * SAMPLES_PER_FRAME - _lead_samples(engine)
     assert stats["silence_filled_ms"] == 0 and stats["audio_dropped_ms"] == 0, stats
     np.testing.assert_array_equal(out[shift : shift + len(audio)], audio)  # gap-free
 
