@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.ceiling import measure_peak
 from benchmarks.common import REPO, git_commit, machine, percentiles, today, write_results
 from engines.backends import StreamShape, TorchBackend, available_backends, load_networks_backend
 from engines.backends.base import Backend
@@ -104,6 +105,8 @@ def gpu_peak(precision: str) -> float | None:
 
 def measure(args: argparse.Namespace, export_root: Path) -> list[dict[str, Any]]:
     rows = []
+    # CPU rows are held against this machine's measured matmul peak (GPUs: their data sheets).
+    cpu_peak = measure_peak("cpu", seconds=0.3 if args.quick else 2.0)["gflop_per_s_best"] * 1e9
     for preset in args.presets:
         for chunk in args.chunks:
             shape = StreamShape.for_config(PRESETS[preset], chunk_frames=chunk)
@@ -120,7 +123,7 @@ def measure(args: argparse.Namespace, export_root: Path) -> list[dict[str, Any]]
                 peak = (
                     gpu_peak(str(description.get("precision", "fp32")))
                     if "cuda" in name or name == "tensorrt"
-                    else None
+                    else cpu_peak
                 )
                 row = {
                     "preset": preset,
@@ -152,7 +155,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"Machine: {m['processor']} ({m['cpus']} CPUs, torch {m['torch']}, GPU {m['gpu']}), commit "
         f"{result['commit']}, {result['iterations']} timed calls after {result['warmup']} warm-up calls. "
         "A chunk is one audio-to-expression call, one smoothing call and one renderer call; frames/s is "
-        "C / (p50 of the whole chunk).",
+        "C / (p50 of the whole chunk). FLOP utilisation: renderer GFLOP/s over the peak (CPU: measured "
+        "with a large matmul, `benchmarks/ceiling.py`; GPU: data sheet).",
         "",
         "| preset | backend | C | P | chunk ms p50 | p95 | p99 | renderer ms p50 | frames/s "
         "| renderer GFLOP/s | FLOP utilisation |",

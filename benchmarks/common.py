@@ -37,7 +37,30 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "versions": versions(),
     }
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of the libraries whose speed the benchmarks measure."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, str | None] = {}
+    for package in (
+        "torch",
+        "onnxruntime",
+        "onnxruntime-gpu",
+        "tensorrt",
+        "numpy",
+        "opencv-python",
+        "av",
+        "aiortc",
+    ):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = None
+    return found
 
 
 def percentiles(values: list[float] | np.ndarray) -> dict[str, float]:

@@ -52,25 +52,21 @@ from benchmarks.common import (
     today,
     write_results,
 )
+from benchmarks.lip_timing import analyse, render_response
 from benchmarks.serve_process import serve_process
-from benchmarks.signals import RATE_HZ, TestSignal, bursts, envelope_db, speech_pieces
+from benchmarks.signals import TestSignal, bursts, speech_pieces
 from offline_training.synthetic.speech import synthesize_speech
 from realtime.audio_input import AudioInput
 from realtime.client import ArrayAudioTrack, AvatarClient, ClientRecording
 from realtime.engine import AvatarEngine
 from realtime.mouth_probe import MouthProbe
-from realtime.offline import stream_file
-from realtime.settings import FPS, FRAME_MS, StreamSettings
+from realtime.settings import FPS, StreamSettings
 
 SEND_RATE_HZ = 48_000  # what browsers capture and send
 PACKET_SAMPLES = SEND_RATE_HZ // 50  # 20 ms
 STAGES = ("resample", "features", "audio2expression", "smoothing", "raster", "renderer", "paste", "encode")
 SPEECH = REPO.parent / "shared" / "data" / "speech"
 CALIBRATION_SEED = 101
-MATCH_HALF_WIDTH_S = 0.16  # lips are matched within ±160 ms of the cross-correlation's lag
-CLOSED_FRAMES = 3  # a mouth onset: a rise of OPENING_FRACTION over the 3 frames before
-OPENING_FRACTION = 0.35
-REFRACTORY_S = 0.4
 TAIL_S = 1.5  # keep the call open this long after the signal (the pipeline delay and transport)
 TARGET_DELAY_P95_MS = 250.0
 TARGET_AV_P95_MS = 45.0
@@ -152,152 +148,6 @@ async def call(url: str, signal: TestSignal) -> tuple[ClientRecording, float]:
         return client.recording, track.started
     finally:
         await client.close()
-
-
-def playout_times(recording: ClientRecording) -> tuple[np.ndarray, np.ndarray]:
-    """Received audio as one (S,) array and (S,) play times: each packet plays when it arrives,
-    or right after the previous one if that is still playing (a player without extra buffering)."""
-    rate = recording.audio_rate_hz
-    samples, times, cursor = [], [], -np.inf
-    for arrival, packet in recording.audio:
-        start = max(arrival, cursor)
-        samples.append(packet)
-        times.append(start + np.arange(len(packet)) / rate)
-        cursor = start + len(packet) / rate
-    if not samples:
-        return np.zeros(0, np.float32), np.zeros(0)
-    return np.concatenate(samples), np.concatenate(times)
-
-
-def audio_delays_s(
-    signal: TestSignal, started: float, recording: ClientRecording, onsets: np.ndarray
-) -> list[float | None]:
-    """When each onset's sound plays at the client, as a delay after it was spoken (None: not found).
-
-    The loudness envelopes (5 ms) of the sent and the returned audio are cross-correlated: first
-    over the whole call (0-1 s), then around each onset (-50..+300 ms of it, ±60 ms around the
-    call's lag), so no loudness threshold decides where a sound starts in a lossy copy.
-    """
-    audio, play_times = playout_times(recording)
-    hop_sent, hop_back = RATE_HZ // 200, recording.audio_rate_hz // 200
-    count = len(audio) // hop_back
-    if count < 10:
-        return [None] * len(onsets)
-    back = np.sqrt((audio[: count * hop_back].reshape(count, hop_back) ** 2).mean(1))
-    back_times = play_times[: count * hop_back : hop_back]
-    frames = len(signal.audio) // hop_sent
-    sent = np.sqrt((signal.audio[: frames * hop_sent].reshape(frames, hop_sent) ** 2).mean(1))
-    sent_times = started + np.arange(frames) * hop_sent / RATE_HZ
-
-    def corr_at(lag: float, mask: np.ndarray) -> float:
-        shifted = np.interp(sent_times[mask] + lag, back_times, back, left=0.0, right=0.0)
-        if shifted.std() == 0 or sent[mask].std() == 0:
-            return -1.0
-        return float(np.corrcoef(sent[mask], shifted)[0, 1])
-
-    everything = np.ones(frames, bool)
-    overall = max(np.arange(0.0, 1.0, 0.005), key=lambda lag: corr_at(lag, everything))
-    delays: list[float | None] = []
-    for onset in onsets:
-        window = (sent_times >= onset - 0.05) & (sent_times < onset + 0.3)
-        lags = np.arange(overall - 0.06, overall + 0.06, 0.001)
-        scores = [corr_at(lag, window) for lag in lags]
-        delays.append(float(lags[int(np.argmax(scores))]) if max(scores) > 0.5 else None)
-    return delays
-
-
-def mouth_onsets(arrivals: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Arrival times of the frames where the lips start to part: the score rises above the median
-    of the ``CLOSED_FRAMES`` frames before it by ``OPENING_FRACTION`` of the score's range (10th to
-    90th percentile), at most one onset per ``REFRACTORY_S``."""
-    if len(scores) < CLOSED_FRAMES + 1:
-        return np.zeros(0)
-    rise = OPENING_FRACTION * (np.percentile(scores, 90) - np.percentile(scores, 10))
-    onsets: list[float] = []
-    for i in range(CLOSED_FRAMES, len(scores)):
-        baseline = np.median(scores[i - CLOSED_FRAMES : i])
-        if scores[i] - baseline > rise and (not onsets or arrivals[i] - onsets[-1] > REFRACTORY_S):
-            onsets.append(float(arrivals[i]))
-    return np.asarray(onsets)
-
-
-def first_within(times: np.ndarray, low: float, high: float) -> float | None:
-    """The earliest of ``times`` in [low, high], or None."""
-    inside = times[(times >= low) & (times <= high)]
-    return float(inside[0]) if len(inside) else None
-
-
-def best_lag_ms(
-    signal: TestSignal, started: float, arrivals: np.ndarray, scores: np.ndarray
-) -> tuple[float, float]:
-    """Lag (ms) maximising the correlation of the mouth score with the sent loudness, and that
-    correlation: a check on the onset matching that needs no threshold."""
-    level = envelope_db(signal.audio, RATE_HZ)
-    level = np.maximum(level, level.max() - 60)
-    hop_s = len(signal.audio) / RATE_HZ / len(level)
-    best = (0.0, -1.0)
-    for lag_ms in range(0, 1000, 10):
-        index = ((arrivals - started - lag_ms / 1000) / hop_s).astype(int)
-        valid = (index >= 0) & (index < len(level))
-        if valid.sum() < 20:
-            continue
-        corr = float(np.corrcoef(scores[valid], level[index[valid]])[0, 1])
-        if corr > best[1]:
-            best = (float(lag_ms), corr)
-    return best
-
-
-def analyse(
-    signal: TestSignal, recording: ClientRecording, started: float, probe: MouthProbe
-) -> dict[str, Any]:
-    """Match each sent onset with the lips and the returned audio (all times on one clock)."""
-    arrivals = np.array([frame.arrival_s for frame in recording.video])
-    scores = np.array([probe.score(frame.image) for frame in recording.video])
-    lips = mouth_onsets(arrivals, scores)
-    # The threshold-free lag locates each onset's lips; a lip onset further than MATCH_HALF_WIDTH_S
-    # from it is another movement (a weak onset missed, a later syllable), counted as unmatched.
-    lag_ms, corr = best_lag_ms(signal, started, arrivals, scores)
-    onsets = started + signal.onsets_s
-    delays, offsets = [], []
-    for onset, audio_delay in zip(onsets, audio_delays_s(signal, started, recording, onsets), strict=True):
-        expected = onset + lag_ms / 1000
-        lips_out = first_within(lips, expected - MATCH_HALF_WIDTH_S, expected + MATCH_HALF_WIDTH_S)
-        if lips_out is None:
-            continue
-        delays.append(1000 * (lips_out - onset))
-        if audio_delay is not None:
-            offsets.append(1000 * (lips_out - onset - audio_delay))
-    stats = recording.stats[-1] if recording.stats else {}
-    return {
-        "signal": signal.name,
-        "onsets_sent": len(signal.onsets_s),
-        "onsets_matched": len(delays),
-        "onsets_with_audio": len(offsets),
-        "frames_received": len(arrivals),
-        "frames_expected": int(signal.duration_s * FPS),
-        "audio_in_to_lips_out_ms": delays,
-        "av_offset_ms": offsets,
-        "correlation_best_lag_ms": lag_ms,
-        "correlation_at_best_lag": corr,
-        "server": {key: stats.get(key) for key in ("pipeline_latency_ms", "frames_sent", "frames_skipped")},
-        "rtt_ms_p50": float(np.median(recording.rtt_ms)) if recording.rtt_ms else None,
-    }
-
-
-def render_response(engine: AvatarEngine, signals: list[TestSignal], probe: MouthProbe) -> dict[str, float]:
-    """The avatar's own timing, no clock and no transport: (frame where the mouth opens) × 40 ms
-    minus the onset, on each signal's timeline (negative: the lips anticipate the sound)."""
-    responses = []
-    for signal in signals:
-        scores = np.array(
-            [probe.score(f.image) for f in stream_file(engine, signal.audio) if f.image is not None]
-        )
-        lips = mouth_onsets(np.arange(len(scores)) * FRAME_MS / 1000, scores)
-        for onset in signal.onsets_s:
-            opened = first_within(lips, onset - 2 * FRAME_MS / 1000, onset + MATCH_HALF_WIDTH_S)
-            if opened is not None:
-                responses.append(1000 * (opened - onset))
-    return percentiles(responses) if responses else {}
 
 
 def mouth_to_photon(
@@ -388,8 +238,8 @@ def summary_line(row: dict[str, Any]) -> str:
     return text
 
 
-def _fmt(values: dict[str, float] | None) -> str:
-    return " / ".join(f"{values[q]:.0f}" for q in ("p50", "p95", "p99")) if values else "—"
+def _fmt(values: dict[str, float] | None, decimals: int = 0) -> str:
+    return " / ".join(f"{values[q]:.{decimals}f}" for q in ("p50", "p95", "p99")) if values else "—"
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -407,7 +257,7 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     for row in result["rows"]:
         stages = row["stages"]
-        cells = [_fmt(stages["stage_ms_per_chunk"][stage]) for stage in STAGES]
+        cells = [_fmt(stages["stage_ms_per_chunk"][stage], 1) for stage in STAGES]
         lines.append(
             f"| {row['preset']} | {row['backend']} | {row['chunk_frames']} | "
             + " | ".join(cells)

@@ -56,6 +56,6 @@ async def test_every_receiver_of_a_connection_gets_the_prompt_buffer() -> None:
     pc.addTransceiver("audio", direction="sendrecv")
     pc.addTransceiver("video", direction="recvonly")
     use_prompt_jitter_buffers(pc)
-    buffers = [getattr(t.receiver, "_RTCRtpReceiver__jitter_buffer") for t in pc.getTransceivers()]
+    buffers = [t.receiver._RTCRtpReceiver__jitter_buffer for t in pc.getTransceivers()]
     assert all(isinstance(buffer, PromptJitterBuffer) for buffer in buffers)
     await pc.close()
