@@ -151,11 +151,15 @@ async def call(url: str, signal: TestSignal) -> tuple[ClientRecording, float]:
 
 
 def mouth_to_photon(
-    avatar: Path, backend: str, chunk: int | None, signals: list[TestSignal], probe: MouthProbe
+    avatar: Path,
+    backend: str,
+    settings: StreamSettings,
+    signals: list[TestSignal],
+    probe: MouthProbe,
 ) -> dict[str, Any]:
     """One server process, one call per signal; delays pooled over the signals."""
     runs = []
-    with serve_process(avatar, backend, chunk) as url:
+    with serve_process(avatar, backend, settings.chunk_frames, settings.compute_allowance_ms) as url:
         for signal in signals:
             recording, started = asyncio.run(call(url, signal))
             runs.append(analyse(signal, recording, started, probe))
@@ -177,6 +181,13 @@ def mouth_to_photon(
 # ---------------------------------------------------------------------------------------- report
 
 
+def stream_settings(args: argparse.Namespace, chunk: int | None) -> StreamSettings:
+    """The stream settings under test: the chunk size, and the compute allowance if given."""
+    if args.compute_allowance_ms is None:
+        return StreamSettings(chunk_frames=chunk)
+    return StreamSettings(chunk_frames=chunk, compute_allowance_ms=args.compute_allowance_ms)
+
+
 def make_signals(names: list[str], seconds: float, speech_files: list[Path]) -> list[TestSignal]:
     signals = []
     if "bursts" in names:
@@ -192,7 +203,8 @@ def measure(args: argparse.Namespace, avatar: Path) -> list[dict[str, Any]]:
     signals = make_signals(args.signals, args.seconds, args.speech) if not args.skip_loopback else []
     for backend in args.backends:
         for chunk in args.chunks:
-            engine = AvatarEngine.load(avatar, backend, StreamSettings(chunk_frames=chunk))
+            settings = stream_settings(args, chunk)
+            engine = AvatarEngine.load(avatar, backend, settings)
             try:
                 shape = engine.backend.shape
                 row: dict[str, Any] = {
@@ -214,7 +226,7 @@ def measure(args: argparse.Namespace, avatar: Path) -> list[dict[str, Any]]:
                 engine.close()
             if probe is not None:
                 print(f"{row['backend']} C={shape.chunk_frames}: WebRTC loopback ...", flush=True)
-                row["loopback"] = mouth_to_photon(avatar, backend, chunk, signals, probe)
+                row["loopback"] = mouth_to_photon(avatar, backend, settings, signals, probe)
             rows.append(row)
             print(summary_line(row), flush=True)
     return rows
@@ -338,6 +350,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-loopback", action="store_true", help="stage timings only")
     parser.add_argument("--quick", action="store_true", help="few chunks, one short burst signal")
     parser.add_argument("--results", type=Path, default=REPO / "results")
+    parser.add_argument(
+        "--compute-allowance-ms",
+        type=float,
+        help="the sessions' compute allowance in ms (default 70)",
+    )
     parser.add_argument("--label", help="added to the result file names (several runs on one day)")
     args = parser.parse_args(argv)
     if args.quick:

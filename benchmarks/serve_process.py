@@ -15,7 +15,9 @@ STOP_TIMEOUT_S = 20
 
 
 @contextmanager
-def serve_process(avatar: Path, backend: str, chunk: int | None, name: str = "bench") -> Iterator[str]:
+def serve_process(
+    avatar: Path, backend: str, chunk: int | None, allowance_ms: float | None = None, name: str = "bench"
+) -> Iterator[str]:
     """Start the server, yield its URL, stop it with SIGINT (as Ctrl-C would).
 
     Raises:
@@ -23,6 +25,7 @@ def serve_process(avatar: Path, backend: str, chunk: int | None, name: str = "be
     """
     command = [sys.executable, "-m", "stableface", "serve", "--avatar", f"{name}={avatar}", "--port", "0"]
     command += ["--backend", backend] + (["--chunk", str(chunk)] if chunk else [])
+    command += ["--compute-allowance-ms", str(allowance_ms)] if allowance_ms is not None else []
     with tempfile.TemporaryFile("w+") as log:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
         try:

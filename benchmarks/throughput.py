@@ -45,12 +45,13 @@ from benchmarks.common import (
     today,
     write_results,
 )
+from benchmarks.latency import stream_settings
 from offline_training.synthetic.speech import synthesize_speech
 from realtime.engine import AvatarEngine
 from realtime.live import push_samples
 from realtime.offline import stream_file
 from realtime.session import StreamingSession
-from realtime.settings import FPS, FRAME_MS, StreamSettings
+from realtime.settings import FPS, FRAME_MS
 
 LATENESS_LIMIT_MS = FRAME_MS  # p95 frame lateness beyond one frame: real time is broken
 
@@ -114,7 +115,7 @@ async def run_sessions(engine: AvatarEngine, count: int, seconds: float) -> dict
 def measure(args: argparse.Namespace, avatar: Path, peak: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for chunk in args.chunks:
-        engine = AvatarEngine.load(avatar, args.backend, StreamSettings(chunk_frames=chunk))
+        engine = AvatarEngine.load(avatar, args.backend, stream_settings(args, chunk))
         try:
             shape = engine.backend.shape
             preset = engine.bundle.config.preset
@@ -223,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--saturated-frames", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="one chunk size, up to 2 sessions, 4 s")
     parser.add_argument("--results", type=Path, default=REPO / "results")
+    parser.add_argument(
+        "--compute-allowance-ms",
+        type=float,
+        help="the sessions' compute allowance in ms (default 70)",
+    )
     parser.add_argument("--label", help="added to the result file names (several runs on one day)")
     args = parser.parse_args(argv)
     if args.quick:

@@ -391,9 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--precision", choices=["fp32", "fp16"], default="fp32", help="fp16: TensorRT only (default fp32)"
     )
-    export.add_argument(
-        "--chunk", type=positive_int, help="new frames per renderer call (default: avatar's)"
-    )
+    export.add_argument("--chunk", type=positive_int, help="new frames per renderer call (default: avatar's)")
     export.add_argument("--past", type=int, help="cached past frames per call (default: window - chunk)")
     export.add_argument("--max-batch", type=positive_int, help="most sessions per call (default 1)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing export")

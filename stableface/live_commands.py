@@ -7,12 +7,19 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engines.errors import InputError
 from stableface.argtypes import positive_float, positive_int
 
+if TYPE_CHECKING:
+    from realtime.settings import StreamSettings
+
 BACKEND_HELP = "inference backend: auto, onnxruntime-cpu, onnxruntime-cuda, torch-cpu, torch-cuda, tensorrt"
+ALLOWANCE_HELP = (
+    "time granted to compute a chunk once its audio is in, part of the pipeline delay (default 70); "
+    "raise it when the server skips frames (benchmarks/throughput.py shows how much a chunk takes)"
+)
 CHUNK_HELP = (
     "frames per renderer call (default: the avatar's); smaller = lower latency, larger = more frames/s"
 )
@@ -37,6 +44,7 @@ def add_serve_parser(sub: Any) -> None:
     serve.add_argument("--port", type=int, default=8080, help="port (default 8080, 0: any free port)")
     serve.add_argument("--backend", default="auto", help=BACKEND_HELP + " (default auto)")
     serve.add_argument("--chunk", type=positive_int, help=CHUNK_HELP)
+    serve.add_argument("--compute-allowance-ms", type=positive_float, help=ALLOWANCE_HELP)
     serve.add_argument("--max-sessions", type=positive_int, default=4, help="concurrent calls (default 4)")
     serve.add_argument("--token", help="require this bearer token for /offer and /metrics")
     serve.add_argument(
@@ -80,15 +88,23 @@ def add_live_parser(sub: Any) -> None:
     live.add_argument("--y4m", metavar="PATH|-", help="write YUV4MPEG2 video to a file or stdout (-)")
     live.add_argument("--backend", default="auto", help=BACKEND_HELP + " (default auto)")
     live.add_argument("--chunk", type=positive_int, help=CHUNK_HELP)
+    live.add_argument("--compute-allowance-ms", type=positive_float, help=ALLOWANCE_HELP)
     live.add_argument("--seconds", type=positive_float, help="stop after this long")
     live.set_defaults(handler=cmd_live)
+
+
+def stream_settings(args: argparse.Namespace) -> StreamSettings:
+    """``--chunk`` and ``--compute-allowance-ms`` as stream settings (unset ones keep their defaults)."""
+    from realtime.settings import StreamSettings
+
+    given = {"chunk_frames": args.chunk, "compute_allowance_ms": args.compute_allowance_ms}
+    return StreamSettings(**{key: value for key, value in given.items() if value is not None})
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from realtime.avatars import AvatarCatalog, AvatarSpec
     from realtime.peer import PeerTimeouts
     from realtime.server import AvatarServer, ServerSettings, parse_ice_server
-    from realtime.settings import StreamSettings
 
     for url in args.ice_server:
         parse_ice_server(url)  # fail before loading models
@@ -107,7 +123,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         key=args.key,
         timeouts=PeerTimeouts(max_session_s=60 * (args.max_session_minutes or 0)),
     )
-    catalog = AvatarCatalog.load(specs, args.backend, StreamSettings(chunk_frames=args.chunk))
+    catalog = AvatarCatalog.load(specs, args.backend, stream_settings(args))
     try:
         server = AvatarServer(catalog, settings)
 
@@ -128,7 +144,6 @@ def cmd_live(args: argparse.Namespace) -> int:
     from realtime.avatars import AvatarSpec
     from realtime.engine import AvatarEngine
     from realtime.live import load_speech, push_microphone, push_samples, run_live
-    from realtime.settings import StreamSettings
     from realtime.sinks import FrameSink, VirtualCameraSink, WindowSink, Y4MSink
 
     if not (args.window or args.y4m or args.virtual_camera is not None):
@@ -141,9 +156,7 @@ def cmd_live(args: argparse.Namespace) -> int:
         sinks.append(WindowSink())
     if args.y4m:
         sinks.append(Y4MSink(args.y4m))
-    engine = AvatarEngine.load(
-        AvatarSpec.parse(args.avatar).path, args.backend, StreamSettings(chunk_frames=args.chunk)
-    )
+    engine = AvatarEngine.load(AvatarSpec.parse(args.avatar).path, args.backend, stream_settings(args))
     try:
         if audio is not None:
 
