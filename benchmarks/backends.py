@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.ceiling import measure_peak
-from benchmarks.common import REPO, git_commit, machine, percentiles, today, write_results
+from benchmarks.common import REPO, percentiles, pyplot, report
 from engines.backends import StreamShape, TorchBackend, available_backends, load_networks_backend
 from engines.backends.base import Backend
 from engines.backends.graphs import RendererChunk
@@ -175,11 +175,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     presets = sorted({row["preset"] for row in result["rows"]})
     figure, axes = plt.subplots(1, len(presets), figsize=(5 * len(presets), 4), squeeze=False)
     for axis, preset in zip(axes[0], presets, strict=True):
@@ -214,20 +210,17 @@ def main(argv: list[str] | None = None) -> int:
     args.backends = args.backends or available_backends()
     with tempfile.TemporaryDirectory(prefix="stableface-bench-") as folder:
         rows = measure(args, Path(folder))
-    result = {
-        "name": "backends",
-        "date": today(),
-        "commit": git_commit(),
-        "machine": machine(),
-        "quick": args.quick,
-        "iterations": args.iterations,
-        "warmup": args.warmup,
-        "rows": rows,
-    }
-    text = markdown(result)
-    json_path = write_results(args.results, "backends", result, text, args.quick)
-    plot(result, json_path.with_suffix(".png"))
-    print(text)
+    report(
+        "backends",
+        args,
+        {
+            "iterations": args.iterations,
+            "warmup": args.warmup,
+            "rows": rows,
+        },
+        markdown,
+        plot,
+    )
     return 0
 
 

@@ -33,7 +33,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import REPO, git_commit, machine, run_script, today, write_results
+from benchmarks.common import REPO, pyplot, report, run_script
 from engines.backends import StreamShape
 from engines.backends.graphs import CausalSmoothingWeights, Expressions, RendererChunk
 from engines.nets import PRESETS, AdaptiveSmoothing, AudioToExpression, Renderer
@@ -299,11 +299,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = result["rows"]
     labels = [f"{row['preset']}\nC={row['chunk_frames']}" for row in rows]
     positions = range(len(rows))
@@ -372,20 +368,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"{row['ceiling_fps']:11.1f}  {row['bound']}",
                 flush=True,
             )
-    result = {
-        "name": "ceiling",
-        "date": today(),
-        "commit": git_commit(),
-        "machine": machine(),
-        "quick": args.quick,
-        "device": args.device,
-        "peak": peak,
-        "rows": rows,
-    }
-    text = markdown(result)
-    json_path = write_results(args.results, "ceiling", result, text, args.quick)
-    plot(result, json_path.with_suffix(".png"))
-    print(text)
+    report(
+        "ceiling",
+        args,
+        {
+            "device": args.device,
+            "peak": peak,
+            "rows": rows,
+        },
+        markdown,
+        plot,
+    )
     return 0
 
 

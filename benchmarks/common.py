@@ -119,3 +119,51 @@ def run_script(main: Callable[[list[str] | None], int]) -> int:
     except StableFaceError as exc:
         print(f"{Path(sys.argv[0]).name}: error: {exc}", file=sys.stderr)
         return 1
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def report(
+    name: str,
+    args: Any,
+    fields: dict[str, Any],
+    markdown: Callable[[dict[str, Any]], str],
+    plot: Callable[[dict[str, Any], Path], None],
+) -> dict[str, Any]:
+    """The result (name, date, commit, machine, quick, then ``fields``) written as JSON, Markdown
+    and PNG into ``args.results``; the Markdown is printed too."""
+    result = {
+        "name": name,
+        "date": today(),
+        "commit": git_commit(),
+        "machine": machine(),
+        "quick": args.quick,
+    }
+    result.update(fields)
+    text = markdown(result)
+    json_path = write_results(args.results, name, result, text, args.quick, getattr(args, "label", None))
+    plot(result, json_path.with_suffix(".png"))
+    print(text)
+    return result
+
+
+def add_avatar_arguments(parser: Any) -> None:
+    """``--avatar`` and ``--compute-allowance-ms``: what the live benchmarks run."""
+    parser.add_argument("--avatar", type=Path, help="avatar bundle (default: bundled, else run.sh's demo)")
+    parser.add_argument(
+        "--compute-allowance-ms", type=float, help="the sessions' compute allowance in ms (default 70)"
+    )
+
+
+def add_output_arguments(parser: Any) -> None:
+    """``--results`` and ``--label``: where the result files go and what they are called."""
+    parser.add_argument("--results", type=Path, default=REPO / "results")
+    parser.add_argument("--label", help="added to the result file names (several runs on one day)")

@@ -43,14 +43,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (
     REPO,
+    add_avatar_arguments,
+    add_output_arguments,
     bench_avatar,
     cdf_plot,
-    git_commit,
-    machine,
     percentiles,
+    pyplot,
+    report,
     run_script,
-    today,
-    write_results,
 )
 from benchmarks.lip_timing import analyse, render_response
 from benchmarks.serve_process import serve_process
@@ -306,11 +306,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     figure, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     for row in result["rows"]:
         label = f"{row['backend']} C={row['chunk_frames']}"
@@ -340,7 +336,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--avatar", type=Path, help="avatar bundle (default: bundled, else run.sh's demo)")
+    add_avatar_arguments(parser)
     parser.add_argument("--backends", nargs="+", default=["onnxruntime-cpu"])
     parser.add_argument("--chunks", nargs="+", type=int, default=[0], help="chunk sizes (0: the avatar's)")
     parser.add_argument("--timed-chunks", type=int, default=300)
@@ -349,13 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each signal")
     parser.add_argument("--skip-loopback", action="store_true", help="stage timings only")
     parser.add_argument("--quick", action="store_true", help="few chunks, one short burst signal")
-    parser.add_argument("--results", type=Path, default=REPO / "results")
-    parser.add_argument(
-        "--compute-allowance-ms",
-        type=float,
-        help="the sessions' compute allowance in ms (default 70)",
-    )
-    parser.add_argument("--label", help="added to the result file names (several runs on one day)")
+    add_output_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.timed_chunks, args.signals, args.seconds = 20, ["bursts"], 8.0
@@ -367,22 +357,19 @@ def main(argv: list[str] | None = None) -> int:
     args.chunks = [chunk or None for chunk in args.chunks]
     avatar = bench_avatar(args.avatar)
     rows = measure(args, avatar)
-    result = {
-        "name": "latency",
-        "date": today(),
-        "commit": git_commit(),
-        "machine": machine(),
-        "quick": args.quick,
-        "avatar": str(avatar),
-        "signals": args.signals,
-        "speech_files": [path.name for path in args.speech or []],
-        "seconds_per_signal": args.seconds,
-        "rows": rows,
-    }
-    text = markdown(result)
-    json_path = write_results(args.results, "latency", result, text, args.quick, args.label)
-    plot(result, json_path.with_suffix(".png"))
-    print(text)
+    report(
+        "latency",
+        args,
+        {
+            "avatar": str(avatar),
+            "signals": args.signals,
+            "speech_files": [path.name for path in args.speech or []],
+            "seconds_per_signal": args.seconds,
+            "rows": rows,
+        },
+        markdown,
+        plot,
+    )
     return 0
 
 

@@ -36,14 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.ceiling import ceiling, frame_cost, measure_peak
 from benchmarks.common import (
-    REPO,
+    add_avatar_arguments,
+    add_output_arguments,
     bench_avatar,
-    git_commit,
-    machine,
     percentiles,
+    pyplot,
+    report,
     run_script,
-    today,
-    write_results,
 )
 from benchmarks.latency import stream_settings
 from offline_training.synthetic.speech import synthesize_speech
@@ -184,11 +183,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for row in result["rows"]:
         label = f"{row['backend']} C={row['chunk_frames']}"
@@ -216,20 +211,14 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--avatar", type=Path, help="avatar bundle (default: bundled, else run.sh's demo)")
+    add_avatar_arguments(parser)
     parser.add_argument("--backend", default="onnxruntime-cpu")
     parser.add_argument("--chunks", nargs="+", type=int, default=[1, 2, 4])
     parser.add_argument("--max-sessions", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each session-count step")
     parser.add_argument("--saturated-frames", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="one chunk size, up to 2 sessions, 4 s")
-    parser.add_argument("--results", type=Path, default=REPO / "results")
-    parser.add_argument(
-        "--compute-allowance-ms",
-        type=float,
-        help="the sessions' compute allowance in ms (default 70)",
-    )
-    parser.add_argument("--label", help="added to the result file names (several runs on one day)")
+    add_output_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.chunks, args.max_sessions, args.seconds, args.saturated_frames = args.chunks[:1], 2, 4.0, 40
@@ -237,21 +226,18 @@ def main(argv: list[str] | None = None) -> int:
     device = "cuda" if "cuda" in args.backend or args.backend == "tensorrt" else "cpu"
     peak = measure_peak(device, seconds=0.3 if args.quick else 2.0)
     rows = measure(args, avatar, peak)
-    result = {
-        "name": "throughput",
-        "date": today(),
-        "commit": git_commit(),
-        "machine": machine(),
-        "quick": args.quick,
-        "avatar": str(avatar),
-        "seconds": args.seconds,
-        "peak": peak,
-        "rows": rows,
-    }
-    text = markdown(result)
-    json_path = write_results(args.results, "throughput", result, text, args.quick, args.label)
-    plot(result, json_path.with_suffix(".png"))
-    print(text)
+    report(
+        "throughput",
+        args,
+        {
+            "avatar": str(avatar),
+            "seconds": args.seconds,
+            "peak": peak,
+            "rows": rows,
+        },
+        markdown,
+        plot,
+    )
     return 0
 
 
