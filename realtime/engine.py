@@ -13,23 +13,20 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from threadpoolctl import threadpool_limits
 
 from engines.avatar_frames import AvatarFrames
 from engines.backends import StreamShape, load_backend
 from engines.backends.base import Backend, ChunkInput, ChunkOutput, FloatArray
 from engines.bundle import AvatarBundle
-from realtime.settings import FRAME_MS, SAMPLES_PER_FRAME, StreamSettings, output_delay_frames
+from realtime.settings import FRAME_MS, StreamSettings, output_delay_frames
 from realtime.stream import AvatarStream
 
 logger = logging.getLogger(__name__)
-COMPUTE_MARGIN = 1.3  # suggested allowance over the slowest measured chunk (load varies)
 
 
 class SerializedBackend:
@@ -109,42 +106,7 @@ class AvatarEngine:
         settings = settings or StreamSettings()
         bundle = AvatarBundle.load(avatar)
         shape = StreamShape.for_config(bundle.config, chunk_frames=settings.chunk_frames)
-        engine = cls(bundle, load_backend(bundle, backend, shape), settings)
-        engine.check_compute_allowance()
-        return engine
-
-    def measure_chunk_ms(self, chunks: int = 6) -> float:
-        """The slowest of ``chunks`` chunk renders (after one warm-up) of a fresh silent stream, ms.
-
-        Runs on the calling thread: call it before sessions start.
-        """
-        stream = self.new_stream()
-        stream.push(np.zeros((chunks + 2) * self.backend.shape.chunk_frames * SAMPLES_PER_FRAME, np.float32))
-        stream.render_chunk()
-        times = []
-        for _ in range(chunks):
-            if not stream.chunk_ready():
-                break
-            started = time.perf_counter()
-            stream.render_chunk()
-            times.append(1000 * (time.perf_counter() - started))
-        return max(times, default=0.0)
-
-    def check_compute_allowance(self) -> None:
-        """Warn when a chunk takes longer than the compute allowance: live sessions would skip frames."""
-        chunk_ms = self.measure_chunk_ms()
-        allowance = self.settings.compute_allowance_ms
-        if chunk_ms > allowance:
-            logger.warning(
-                "avatar %s: a chunk of %d frames takes %.0f ms on this machine, more than the %.0f ms "
-                "compute allowance: live sessions will skip frames; raise --compute-allowance-ms to "
-                "about %.0f (adds to the latency) or use a smaller --chunk",
-                self.bundle.manifest.name,
-                self.backend.shape.chunk_frames,
-                chunk_ms,
-                allowance,
-                COMPUTE_MARGIN * chunk_ms,
-            )
+        return cls(bundle, load_backend(bundle, backend, shape), settings)
 
     @property
     def latency_ms(self) -> float:

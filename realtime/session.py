@@ -335,11 +335,11 @@ class StreamingSession:
         if self._producer is not None:
             return
         loop = asyncio.get_running_loop()
-        # The clock runs from the call, not from the end of the warm-up render: audio already
-        # arriving must not count as early, or every frame would be late by the warm-up's time.
-        started = self.clock()
+        # The clock starts once the warm-up is rendered. Starting it before (which would take the
+        # warm-up's time off every frame's latency) left sessions that start together on a busy
+        # worker behind for good: 8 callers of the load test lost their calls.
         self._store(await loop.run_in_executor(self.engine.executor, self._work, [], False))
-        self._start = started
+        self._start = self.clock()
         self._producer = asyncio.create_task(self._produce())
 
     def _last_output_index(self) -> int | None:
