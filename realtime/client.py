@@ -114,6 +114,8 @@ class AvatarClient:
         avatar: avatar name (None: the server's default).
         token: bearer token, if the server needs one.
         keep_images: store received frames' pixels (memory: W·H·3 bytes a frame).
+        prompt_buffers: release received frames as soon as they are complete, as a browser does
+            (``realtime.rtp_buffers``); False keeps aiortc's own receive buffering.
     """
 
     def __init__(
@@ -123,12 +125,14 @@ class AvatarClient:
         avatar: str | None = None,
         token: str | None = None,
         keep_images: bool = True,
+        prompt_buffers: bool = True,
     ) -> None:
         self.url = url.rstrip("/")
         self.audio = audio
         self.avatar = avatar
         self.token = token
         self.keep_images = keep_images
+        self.prompt_buffers = prompt_buffers
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.recording = ClientRecording()
         self.frames_received = 0
@@ -148,7 +152,8 @@ class AvatarClient:
         pc = self.pc
         pc.addTrack(self.audio)
         pc.addTransceiver("video", direction="recvonly")
-        use_prompt_jitter_buffers(pc)  # frames as soon as they are complete, as a browser shows them
+        if self.prompt_buffers:
+            use_prompt_jitter_buffers(pc)  # frames as soon as they are complete, as a browser shows them
         pc.on("track", self._on_track)
         pc.on("connectionstatechange", self._on_state)
         await pc.setLocalDescription(await pc.createOffer())
