@@ -54,9 +54,10 @@ def bursts(seed: int, seconds: float) -> TestSignal:
     pieces = [np.zeros(int(LEAD_IN_S * RATE_HZ), np.float32)]
     used = len(pieces[0])
     cursor = 0
+    loud = envelope_db(speech, RATE_HZ) > _peak_db(speech) - 20
     while used < seconds * RATE_HZ:
         length = int(rng.uniform(0.35, 0.6) * RATE_HZ)
-        start = _loud_start(speech, cursor, length)
+        start = _loud_start(loud, cursor, length, len(speech))
         pieces.append(_faded(speech[start : start + length]))
         pieces.append(np.zeros(int(rng.uniform(0.6, 1.0) * RATE_HZ), np.float32))
         cursor = (start + length) % max(1, len(speech) - length)
@@ -118,13 +119,12 @@ def _peak_db(audio: FloatArray) -> float:
     return float(np.percentile(envelope_db(audio, RATE_HZ), 99))
 
 
-def _loud_start(speech: FloatArray, cursor: int, length: int) -> int:
-    """The first sample at or after ``cursor`` where the speech is loud (a syllable starts)."""
-    level = envelope_db(speech, RATE_HZ)
-    threshold = _peak_db(speech) - 20
+def _loud_start(loud: npt.NDArray[np.bool_], cursor: int, length: int, total: int) -> int:
+    """The first sample at or after ``cursor`` whose 5 ms envelope is ``loud`` (a syllable starts)
+    and that leaves ``length`` samples before the end (``total``)."""
     hop = _hop(RATE_HZ)
-    for index in range(cursor // hop, len(level)):
-        if level[index] > threshold and index * hop + length <= len(speech):
+    for index in range(cursor // hop, len(loud)):
+        if loud[index] and index * hop + length <= total:
             return index * hop
     return 0
 

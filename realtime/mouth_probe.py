@@ -43,7 +43,7 @@ class MouthProbe:
         Runs on the calling thread: use an engine no live session shares.
         """
         frames = [f for f in stream_file(engine, speech) if f.image is not None]
-        images = np.stack([_grey(f.image) for f in frames if f.image is not None])
+        images = np.stack([_grey(f.image) for f in frames if f.image is not None])  # (T, H, W)
         opening = np.array([f.mouth_opening for f in frames], np.float32)
         opening = (opening - opening.mean()) / (opening.std() + 1e-6)
         mean, std = images.mean(0), images.std(0) + 1e-3
