@@ -1,0 +1,1 @@
+"""Evaluating videos: landmark tracks of rendered or recorded faces, and what they say about sync."""

@@ -1,0 +1,75 @@
+"""How far the mouth is open in each frame of a video, from a landmark tracker, and the resulting
+weights-free audio-visual sync (``engines.av_sync``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import numpy.typing as npt
+
+from engines.av_sync import AvSync, av_sync, speech_envelope_db
+from engines.errors import InputError
+from engines.geometry.layouts import anchors_for
+from engines.geometry.trackers import LandmarkTracker
+
+FloatArray = npt.NDArray[np.float32]
+ImageRGB = npt.NDArray[np.uint8]
+MAX_MISSING_SHARE = 0.05
+
+
+def mouth_opening_track(frames: Iterable[ImageRGB], tracker: LandmarkTracker) -> FloatArray:
+    """(T,) inner-lip gap over mouth width per frame; NaN where the tracker finds no face.
+
+    Args:
+        frames: (H, W, 3) uint8 RGB frames of one video, in order.
+        tracker: any landmark tracker (reset before the first frame).
+    """
+    anchors = anchors_for(tracker.layout.name)
+    tracker.reset()
+    openings = []
+    for frame in frames:
+        points = tracker.track(frame)
+        if points is None:
+            openings.append(np.nan)
+            continue
+        gap = np.linalg.norm(points[anchors.inner_lip_top, :2] - points[anchors.inner_lip_bottom, :2])
+        left, right = anchors.mouth_corners
+        width = np.linalg.norm(points[left, :2] - points[right, :2])
+        openings.append(float(gap / max(float(width), 1e-6)))
+    return np.asarray(openings, np.float32)
+
+
+def fill_missing(track: FloatArray) -> FloatArray:
+    """``track`` with NaN frames linearly interpolated from their neighbours.
+
+    Raises:
+        InputError: more than 5% of the frames are missing (no face found).
+    """
+    missing = np.isnan(track)
+    if missing.mean() > MAX_MISSING_SHARE:
+        raise InputError(f"no face found in {missing.sum()} of {len(track)} frames")
+    if not missing.any():
+        return track
+    positions = np.arange(len(track))
+    filled = track.copy()
+    filled[missing] = np.interp(positions[missing], positions[~missing], track[~missing])
+    return filled
+
+
+def video_av_sync(
+    frames: Iterable[ImageRGB],
+    audio: FloatArray,
+    sample_rate_hz: int,
+    fps: float,
+    tracker: LandmarkTracker,
+    max_lag_ms: float = 400.0,
+) -> AvSync:
+    """Sync of a video's mouth with (S,) mono ``audio``: best lag (ms) and correlation.
+
+    Raises:
+        InputError: too few frames with a face, or too short for the lag search.
+    """
+    opening = fill_missing(mouth_opening_track(frames, tracker))
+    envelope = speech_envelope_db(audio, sample_rate_hz, fps, frames=len(opening))
+    return av_sync(opening, envelope, fps, max_lag_ms)
