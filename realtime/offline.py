@@ -13,23 +13,27 @@ import numpy as np
 import numpy.typing as npt
 
 from realtime.engine import AvatarEngine
-from realtime.settings import SAMPLES_PER_FRAME
+from realtime.settings import SAMPLES_PER_FRAME, StreamSettings
 from realtime.stream import StreamFrame
 
 FloatArray = npt.NDArray[np.float32]
 
 
 def stream_file(
-    engine: AvatarEngine, audio: FloatArray, progress: Callable[[int], None] | None = None
+    engine: AvatarEngine,
+    audio: FloatArray,
+    progress: Callable[[int], None] | None = None,
+    settings: StreamSettings | None = None,
 ) -> Iterator[StreamFrame]:
     """Render 16 kHz mono ``audio`` (S,) frame by frame with the streaming pipeline.
 
-    Runs on the calling thread: use an engine that no live session shares.
+    Runs on the calling thread: use an engine that no live session shares. ``settings`` override
+    the engine's stream settings.
 
     Yields:
         ``ceil(S / 640)`` frames with images, in order.
     """
-    stream = engine.new_stream()
+    stream = engine.new_stream(settings)
     stream.push(np.ascontiguousarray(audio, dtype=np.float32))
     stream.finish()
     total = math.ceil(len(audio) / SAMPLES_PER_FRAME)

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from engines.ai_mark import apply_ai_mark
 from engines.errors import InputError
 from realtime.audio_input import AudioInput
 from realtime.engine import AvatarEngine
@@ -379,7 +380,9 @@ class StreamingSession:
                     shown_source = self._ready[max(late)]
                     previous, shown = shown_source.image, max(late)
             if previous is None:
-                previous = self.engine.frames.full_frame(0)
+                previous = self.engine.frames.full_frame(0).copy()
+                if self.settings.ai_mark:
+                    apply_ai_mark(previous)
             if self.realtime and self._start is not None:
                 self._fill_silence()
             first = (index - self.delay) * SAMPLES_PER_FRAME + self._audio_lead

@@ -19,7 +19,8 @@ class StreamSettings(BaseModel):
     Attributes:
         chunk_frames: C, frames rendered per call; None takes the avatar's streaming config.
         compute_allowance_ms: time granted to compute a chunk once its audio is in; part of the
-            fixed output delay (frames not ready by then are skipped, never waited for).
+            fixed output delay (frames not ready by then are skipped, never waited for). None
+            takes the avatar's (``StreamingConfig.compute_allowance_ms``: sized for its networks).
         input_jitter_ms: how late live audio may arrive before the gap is filled with silence.
         max_input_ahead_ms: most audio buffered ahead of the output clock; more is dropped.
         silence_dbfs: frames quieter than this (RMS, dBFS) count as silence for the voice gate.
@@ -27,6 +28,7 @@ class StreamSettings(BaseModel):
             closes after speech (frames of the gate's first-order ramp).
         normalisation_time_s: time constant of the running log-mel statistics (voiced frames only).
         max_skip_run_frames: frames a session may repeat in a row before it resynchronises.
+        ai_mark: draw the "AI-generated" mark on every frame (``engines.ai_mark``).
         audio_lead_ms: how far ahead of its frame the delayed audio is sent. The Opus send path
             delays sound behind the lips (aiortc's resampler holds one 20 ms frame, libopus looks
             6.5 ms ahead), and a sound starts on average half a frame after the frame that first
@@ -38,7 +40,7 @@ class StreamSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     chunk_frames: int | None = Field(None, ge=1)
-    compute_allowance_ms: float = Field(70.0, ge=0)
+    compute_allowance_ms: float | None = Field(None, ge=0)
     input_jitter_ms: float = Field(120.0, ge=0)
     max_input_ahead_ms: float = Field(2000.0, gt=0)
     silence_dbfs: float = -45.0
@@ -47,6 +49,7 @@ class StreamSettings(BaseModel):
     normalisation_time_s: float = Field(20.0, gt=0)
     max_skip_run_frames: int = Field(25, ge=1)
     audio_lead_ms: float = Field(30.0, ge=0, le=80)
+    ai_mark: bool = True
 
 
 def output_delay_frames(chunk_frames: int, lookahead_frames: int, compute_allowance_ms: float) -> int:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from engines.ai_mark import apply_ai_mark
 from engines.avatar_frames import AvatarFrames
 from engines.backends.base import Backend, ChunkInput
 from engines.bundle import AvatarBundle
@@ -204,6 +205,8 @@ class AvatarStream:
             self._params.append(params[t])
             self._gate.append(np.array([gate[t]], np.float32))
             image = self.frames.paste(references[offset], crops[offset]) if render else None
+            if image is not None and self.settings.ai_mark:
+                apply_ai_mark(image)
             opening = self.frames.mouth_opening(raw[t], references[offset])
             out.append(StreamFrame(t - self.warmup, image, references[offset], opening, gate[t]))
         if render:

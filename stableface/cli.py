@@ -11,14 +11,15 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from engines.errors import StableFaceError
 from stableface.argtypes import positive_float, positive_int
 from stableface.bench_command import add_bench_parser
-from stableface.live_commands import add_live_parser, add_serve_parser
+from stableface.build_default_command import add_build_default_parser
+from stableface.live_commands import NO_AI_MARK_HELP, add_live_parser, add_serve_parser
 
 if TYPE_CHECKING:
     import numpy as np
@@ -108,6 +109,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         audio_fusion=not args.no_audio_fusion,
         smoothing=not args.no_smoothing,
         erosion=not args.no_erosion,
+        reference_frames=args.reference_frames,
         dependency=not args.no_dependency,
         show_progress=not args.quiet,
     )
@@ -155,7 +157,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
         with tqdm(total=frames, desc="render", unit="frame", disable=args.quiet, leave=False) as bar:
             count = write_mp4(
                 partial,
-                render_frames(bundle, audio, paste=not args.crop_only, progress=bar.update),
+                _marked(render_frames(bundle, audio, paste=not args.crop_only, progress=bar.update), args),
                 bundle.manifest.fps,
                 audio,
                 bundle.manifest.sample_rate_hz,
@@ -212,6 +214,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _marked(
+    images: Iterator[npt.NDArray[np.uint8]], args: argparse.Namespace
+) -> Iterator[npt.NDArray[np.uint8]]:
+    """The images with the "AI-generated" mark unless --no-ai-mark."""
+    from engines.ai_mark import apply_ai_mark
+
+    for image in images:
+        yield image if args.no_ai_mark else apply_ai_mark(image)
+
+
 def _render_causal(args: argparse.Namespace, bundle: AvatarBundle, audio: FloatArray, frames: int) -> int:
     from tqdm import tqdm
 
@@ -221,7 +233,7 @@ def _render_causal(args: argparse.Namespace, bundle: AvatarBundle, audio: FloatA
     from realtime.offline import stream_file
     from realtime.settings import StreamSettings
 
-    settings = StreamSettings(chunk_frames=args.chunk)
+    settings = StreamSettings(chunk_frames=args.chunk, ai_mark=not args.no_ai_mark)
     shape = StreamShape.for_config(bundle.config, chunk_frames=args.chunk)
     engine = AvatarEngine(bundle, load_backend(bundle, args.backend, shape), settings)
     partial = args.out.with_name(f".{args.out.stem}.partial{args.out.suffix}")
@@ -315,7 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("dataset", type=Path, help="dataset folder from stableface prepare")
     train.add_argument("--out", type=Path, required=True, help="avatar folder to write")
     train.add_argument(
-        "--preset", choices=["paper", "small", "tiny"], default="small", help="model size (default small)"
+        "--preset",
+        choices=["paper", "small", "mini", "tiny"],
+        default="small",
+        help="model size (default small)",
     )
     train.add_argument(
         "--stage",
@@ -350,6 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-smoothing", action="store_true", help="ablation: no adaptive smoothing")
     train.add_argument("--no-erosion", action="store_true", help="ablation: no augmented erosion")
     train.add_argument("--no-dependency", action="store_true", help="ablation: no dependency modelling")
+    train.add_argument(
+        "--reference-frames",
+        type=positive_int,
+        help="keep only the first N frames as the reference video the avatar plays (smaller bundle)",
+    )
     train.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     train.set_defaults(handler=_cmd_train)
 
@@ -373,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     render.add_argument("--chunk", type=positive_int, help="--causal: frames per chunk (default: avatar's)")
     render.add_argument("--backend", default="auto", help="--causal: inference backend (default auto)")
+    render.add_argument("--no-ai-mark", action="store_true", help=NO_AI_MARK_HELP)
     render.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     render.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     render.set_defaults(handler=_cmd_render)
@@ -413,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(sub)
     add_live_parser(sub)
     add_bench_parser(sub)
+    add_build_default_parser(sub)
 
     for command, (issue, title) in ROADMAP.items():
         placeholder = sub.add_parser(

@@ -17,8 +17,13 @@ if TYPE_CHECKING:
 
 BACKEND_HELP = "inference backend: auto, onnxruntime-cpu, onnxruntime-cuda, torch-cpu, torch-cuda, tensorrt"
 ALLOWANCE_HELP = (
-    "time granted to compute a chunk once its audio is in, part of the pipeline delay (default 70); "
+    "time granted to compute a chunk once its audio is in, part of the pipeline delay (default: the "
+    "avatar's, 70 ms for `small`); "
     "raise it when the server skips frames (benchmarks/throughput.py shows how much a chunk takes)"
+)
+NO_AI_MARK_HELP = (
+    'leave out the "AI-generated" mark drawn on every frame (keep it wherever viewers could mistake '
+    "the avatar for a recording of a real person)"
 )
 CHUNK_HELP = (
     "frames per renderer call (default: the avatar's); smaller = lower latency, larger = more frames/s"
@@ -45,6 +50,7 @@ def add_serve_parser(sub: Any) -> None:
     serve.add_argument("--backend", default="auto", help=BACKEND_HELP + " (default auto)")
     serve.add_argument("--chunk", type=positive_int, help=CHUNK_HELP)
     serve.add_argument("--compute-allowance-ms", type=positive_float, help=ALLOWANCE_HELP)
+    serve.add_argument("--no-ai-mark", action="store_true", help=NO_AI_MARK_HELP)
     serve.add_argument("--max-sessions", type=positive_int, default=4, help="concurrent calls (default 4)")
     serve.add_argument("--token", help="require this bearer token for /offer and /metrics")
     serve.add_argument(
@@ -89,16 +95,19 @@ def add_live_parser(sub: Any) -> None:
     live.add_argument("--backend", default="auto", help=BACKEND_HELP + " (default auto)")
     live.add_argument("--chunk", type=positive_int, help=CHUNK_HELP)
     live.add_argument("--compute-allowance-ms", type=positive_float, help=ALLOWANCE_HELP)
+    live.add_argument("--no-ai-mark", action="store_true", help=NO_AI_MARK_HELP)
     live.add_argument("--seconds", type=positive_float, help="stop after this long")
     live.set_defaults(handler=cmd_live)
 
 
 def stream_settings(args: argparse.Namespace) -> StreamSettings:
-    """``--chunk`` and ``--compute-allowance-ms`` as stream settings (unset ones keep their defaults)."""
+    """``--chunk``, ``--compute-allowance-ms`` and ``--no-ai-mark`` as stream settings (unset ones
+    keep their defaults)."""
     from realtime.settings import StreamSettings
 
     given = {"chunk_frames": args.chunk, "compute_allowance_ms": args.compute_allowance_ms}
-    return StreamSettings(**{key: value for key, value in given.items() if value is not None})
+    chosen = {key: value for key, value in given.items() if value is not None}
+    return StreamSettings(**chosen, ai_mark=not args.no_ai_mark)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
