@@ -83,23 +83,18 @@ def write_results(
     return folder / f"{stem}.json"
 
 
-DEMO_AVATAR = REPO / ".cache" / "demo-avatar" / "avatar"
-
-
 def bench_avatar(path: Path | None) -> Path:
-    """The avatar to measure: ``path``, else the bundled default avatar, else run.sh's demo avatar."""
-    from engines.bundle import MANIFEST
+    """The avatar to measure: ``path``, else the bundled default avatar."""
+    from engines.bundle import DEFAULT_AVATAR_DIR, MANIFEST
     from engines.errors import InputError
-    from realtime.avatars import DEFAULT_AVATAR_DIR
 
     if path is not None:
         return path
-    for candidate in (DEFAULT_AVATAR_DIR, DEMO_AVATAR):
-        if (candidate / MANIFEST).is_file():
-            return candidate
+    if (DEFAULT_AVATAR_DIR / MANIFEST).is_file():
+        return DEFAULT_AVATAR_DIR
     raise InputError(
-        "no avatar to measure: pass --avatar PATH (no bundled default avatar is installed, and "
-        "./run.sh has not built its demo avatar in .cache/demo-avatar)"
+        f"no avatar to measure: pass --avatar PATH (no default avatar at {DEFAULT_AVATAR_DIR}; "
+        "`stableface build-default` rebuilds it)"
     )
 
 

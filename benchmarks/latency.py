@@ -21,7 +21,7 @@ Writes ``results/latency-<date>.json``, ``.md`` and ``.png`` (CDFs).
     python benchmarks/latency.py [--avatar PATH] [--backends onnxruntime-cpu torch-cpu]
         [--chunks 1 2 4] [--timed-chunks 300] [--signals bursts speech] [--seconds 30] [--quick]
 
-Without ``--avatar``: the bundled default avatar, else the demo avatar ``./run.sh`` builds.
+Without ``--avatar``: the bundled default avatar.
 """
 
 from __future__ import annotations

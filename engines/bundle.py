@@ -42,6 +42,7 @@ from engines.nets import AdaptiveSmoothing, AudioToExpression, ModelConfig, Rend
 
 BUNDLE_FORMAT = 1
 MANIFEST = "avatar.json"
+DEFAULT_AVATAR_DIR = Path(__file__).resolve().parent / "default_avatar"  # `stableface build-default`
 WEIGHT_FILES = {
     "audio2expression": "weights/audio2expression.safetensors",
     "renderer": "weights/renderer.safetensors",

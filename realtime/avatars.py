@@ -7,15 +7,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import engines
-from engines.bundle import MANIFEST
+from engines.bundle import DEFAULT_AVATAR_DIR, MANIFEST
 from engines.errors import InputError
 from realtime.engine import AvatarEngine
 from realtime.settings import StreamSettings
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_AVATAR_DIR = Path(engines.__file__).resolve().parent / "default_avatar"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -31,8 +29,8 @@ class AvatarSpec:
         if text == "default":
             if not (DEFAULT_AVATAR_DIR / MANIFEST).is_file():
                 raise InputError(
-                    f"no default avatar is installed at {DEFAULT_AVATAR_DIR} (it arrives with issue #9); "
-                    "pass --avatar PATH to an avatar bundle made by `stableface train`"
+                    f"no default avatar is installed at {DEFAULT_AVATAR_DIR}; rebuild it with "
+                    "`stableface build-default`, or pass --avatar PATH to a bundle made by `stableface train`"
                 )
             return cls("default", DEFAULT_AVATAR_DIR)
         name, sep, path = text.partition("=")

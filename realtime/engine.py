@@ -94,8 +94,12 @@ class AvatarEngine:
             thread_name_prefix=f"stableface-{bundle.manifest.name}",
         )
         self.lookahead_frames = bundle.config.audio.lookahead_frames
+        allowance = self.settings.compute_allowance_ms
+        self.compute_allowance_ms = (
+            allowance if allowance is not None else bundle.config.streaming.compute_allowance_ms
+        )
         self.delay_frames = output_delay_frames(
-            backend.shape.chunk_frames, self.lookahead_frames, self.settings.compute_allowance_ms
+            backend.shape.chunk_frames, self.lookahead_frames, self.compute_allowance_ms
         )
 
     @classmethod
@@ -121,9 +125,9 @@ class AvatarEngine:
             "chunk_fill_ms": (chunk - 1) * FRAME_MS,
             "frame_duration_ms": FRAME_MS,
             "feature_window_ms": 7.5,
-            "compute_allowance_ms": self.settings.compute_allowance_ms,
+            "compute_allowance_ms": self.compute_allowance_ms,
             "rounding_to_frames_ms": self.latency_ms
-            - ((chunk + self.lookahead_frames) * FRAME_MS + 7.5 + self.settings.compute_allowance_ms),
+            - ((chunk + self.lookahead_frames) * FRAME_MS + 7.5 + self.compute_allowance_ms),
             "total_ms": self.latency_ms,
         }
 

@@ -11,7 +11,9 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,12 +29,12 @@ def _require_chromium() -> None:
         pytest.skip("Chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
 
 
-@pytest.fixture
-def served_avatar(speaking_avatar: Path, tmp_path: Path) -> Iterator[str]:
-    """``stableface serve`` in its own process on a free port; yields its URL."""
+@contextmanager
+def _serve(arguments: list[str], tmp_path: Path) -> Iterator[str]:
+    """``stableface serve ARGUMENTS`` in its own process on a free port; yields its URL."""
     log = (tmp_path / "serve.log").open("w+")
     process = subprocess.Popen(
-        [sys.executable, "-m", "stableface", "serve", "--avatar", f"face={speaking_avatar}", "--port", "0"],
+        [sys.executable, "-m", "stableface", "serve", *arguments, "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,
@@ -55,18 +57,17 @@ def served_avatar(speaking_avatar: Path, tmp_path: Path) -> Iterator[str]:
         assert "Traceback" not in text and "ERROR" not in text, text[-2000:]
 
 
-def test_chromium_talks_to_the_avatar(served_avatar: str, speaking_avatar: Path, tmp_path: Path) -> None:
-    _require_chromium()
-    from mouth_probe import speech_with_pauses
+@pytest.fixture
+def served_avatar(speaking_avatar: Path, tmp_path: Path) -> Iterator[str]:
+    with _serve(["--avatar", f"face={speaking_avatar}"], tmp_path) as url:
+        yield url
+
+
+def _chromium(tmp_path: Path, wav: Path) -> Any:
+    """Headless Chromium whose fake microphone plays ``wav``."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
 
-    from engines.media.encode import write_wav
-
-    speech, _ = speech_with_pauses(9, [("speech", 2.0), ("silence", 0.5)] * 4, rate_hz=48_000)
-    wav = tmp_path / "speech.wav"
-    write_wav(wav, speech, 48_000)
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in (
@@ -85,7 +86,20 @@ def test_chromium_talks_to_the_avatar(served_avatar: str, speaking_avatar: Path,
         "--window-size=900,1100",
     ):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=os.devnull), options=options)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=os.devnull), options=options)
+
+
+def test_chromium_talks_to_the_avatar(served_avatar: str, speaking_avatar: Path, tmp_path: Path) -> None:
+    _require_chromium()
+    from mouth_probe import speech_with_pauses
+    from selenium.webdriver.common.by import By
+
+    from engines.media.encode import write_wav
+
+    speech, _ = speech_with_pauses(9, [("speech", 2.0), ("silence", 0.5)] * 4, rate_hz=48_000)
+    wav = tmp_path / "speech.wav"
+    write_wav(wav, speech, 48_000)
+    driver = _chromium(tmp_path, wav)
     try:
         driver.get(served_avatar)
         driver.find_element(By.ID, "start").click()
@@ -146,3 +160,72 @@ def test_chromium_talks_to_the_avatar(served_avatar: str, speaking_avatar: Path,
         metrics = response.read().decode()
     count = re.search(r"^stableface_client_rtt_ms_count (\S+)", metrics, re.M)
     assert count and float(count.group(1)) >= 1, "the page reported its round trips"
+
+
+GRAB_FRAME_JS = """
+const v = document.getElementById('avatar');
+if (!v.videoWidth) return null;
+const c = document.createElement('canvas');
+c.width = v.videoWidth; c.height = v.videoHeight;
+c.getContext('2d').drawImage(v, 0, 0);
+return c.toDataURL('image/png');
+"""
+
+
+def test_chromium_sees_the_default_avatar_talk(tmp_path: Path) -> None:
+    """`stableface serve` with no --avatar (the README's first command) serves the bundled avatar,
+    and the frames the browser shows open the mouth during speech and close it in the pauses."""
+    _require_chromium()
+    import base64
+
+    import cv2
+    from mouth_probe import calibrated_probe, speech_with_pauses
+    from selenium.webdriver.common.by import By
+
+    from engines.bundle import DEFAULT_AVATAR_DIR
+    from engines.media.encode import write_wav
+    from offline_training.synthetic.speech import synthesize_speech
+    from realtime.engine import AvatarEngine
+    from realtime.offline import stream_file
+
+    engine = AvatarEngine.load(DEFAULT_AVATAR_DIR)
+    try:
+        probe = calibrated_probe(engine)
+        rest = probe.score(
+            next(f.image for f in stream_file(engine, np.zeros(8000, np.float32)) if f.image is not None)
+        )
+        speaking = [
+            probe.score(f.image)
+            for f in stream_file(engine, synthesize_speech(7, 6.0).audio)
+            if f.image is not None
+        ]
+    finally:
+        engine.close()
+    open_level = float(np.percentile(speaking, 90))
+    assert open_level > rest, "the avatar's own render never opens the mouth"
+
+    speech, _ = speech_with_pauses(11, [("speech", 2.0), ("silence", 1.5)] * 3, rate_hz=48_000)
+    wav = tmp_path / "speech.wav"
+    write_wav(wav, speech, 48_000)
+    scores: list[float] = []
+    with _serve([], tmp_path) as url:
+        driver = _chromium(tmp_path, wav)
+        try:
+            driver.get(url)
+            driver.find_element(By.ID, "start").click()
+            deadline = time.monotonic() + 40
+            while time.monotonic() < deadline and len(scores) < 100:
+                data = driver.execute_script(GRAB_FRAME_JS)
+                assert driver.execute_script("return window.stableface.status") != "error"
+                if data:
+                    png = base64.b64decode(data.split(",", 1)[1])
+                    frame = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+                    scores.append(probe.score(frame))
+                time.sleep(0.06)
+            driver.find_element(By.ID, "stop").click()
+        finally:
+            driver.quit()
+    assert len(scores) >= 60, f"only {len(scores)} frames seen"
+    values = (np.array(scores) - rest) / (open_level - rest)  # 0: the rest pose, 1: wide open
+    assert (values > 0.5).mean() >= 0.1, f"the mouth hardly opened in the browser: {np.round(values, 2)}"
+    assert (values < 0.25).mean() >= 0.1, f"the mouth never closed in the browser: {np.round(values, 2)}"

@@ -3,6 +3,10 @@
 - ``paper``: the paper's renderer at 256x256 (8 residual blocks, features 64x64x256, p = 4,
   d = 512, N = 4); GPU.
 - ``small``: 128x128, real time on a 2-core CPU through ONNX Runtime.
+- ``mini``: 128x128 with narrow layers, the bundled default avatar: chunk 1, no audio look-ahead
+  and so no adaptive smoothing (causal smoothing without look-ahead can only average past frames,
+  which delays the lips), so that a 2-core CPU shows the lips within 250 ms of the sound
+  (docs/default-avatar.md).
 - ``tiny``: 64x64, seconds per training step on a CPU; for tests.
 """
 
@@ -101,6 +105,9 @@ class StreamingConfig(_Config):
         smoothing_window_frames: frames of mouth parameters the causal smoothing sees per call;
             at least its receptive field (5 convolutions of kernel k: 5·(k-1) + 1) plus C and L.
         max_batch: sessions whose chunks one call may batch.
+        compute_allowance_ms: time a live stream grants a chunk's computation once its audio is
+            in (part of the output delay; frames not ready by then are skipped). Sized for the
+            networks on their target machine; a session may override it.
     """
 
     chunk_frames: int = Field(2, ge=1)
@@ -108,6 +115,7 @@ class StreamingConfig(_Config):
     audio_window_frames: int = Field(50, ge=1)
     smoothing_window_frames: int = Field(20, ge=1)
     max_batch: int = Field(1, ge=1)
+    compute_allowance_ms: float = Field(70.0, ge=0)
 
 
 class ModelConfig(_Config):
@@ -152,6 +160,24 @@ PRESETS: dict[str, ModelConfig] = {
             transformer_blocks=2,
             heads=4,
         ),
+    ),
+    "mini": ModelConfig(
+        preset="mini",
+        audio=AudioToExpressionConfig(d_model=96, layers=3, heads=4, lookahead_frames=0),
+        smoothing=SmoothingConfig(lookahead_frames=0),
+        renderer=RendererConfig(
+            image_size=128,
+            base_channels=8,
+            residual_blocks=1,
+            patch_grid=4,
+            token_dim=48,
+            transformer_blocks=1,
+            heads=2,
+            use_audio_fusion=False,
+        ),
+        sequence_length=6,
+        use_smoothing=False,
+        streaming=StreamingConfig(chunk_frames=1, compute_allowance_ms=60.0),
     ),
     "tiny": ModelConfig(
         preset="tiny",

@@ -26,13 +26,18 @@ def export_bundle(
     networks: AvatarNetworks,
     validation: dict[str, float],
     steps: dict[str, int],
+    reference_frames: int | None = None,
 ) -> None:
     """Write the bundle files into ``out`` (beside any training folder); ``avatar.json`` goes last,
-    so a folder without it is never mistaken for a finished avatar."""
+    so a folder without it is never mistaken for a finished avatar.
+
+    ``reference_frames`` keeps only the first that many frames as the reference video the
+    avatar plays (a smaller bundle); default all."""
+    count = len(dataset) if reference_frames is None else min(reference_frames, len(dataset))
     staging = out / f".bundle-partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        _write_reference(staging, dataset, config.renderer.image_size)
+        _write_reference(staging, dataset, config.renderer.image_size, count)
         save_networks(staging, networks)
         shutil.copy2(dataset.root / "face_model.safetensors", staging / "face_model.safetensors")
         (out / MANIFEST).unlink(missing_ok=True)
@@ -62,7 +67,7 @@ def export_bundle(
             "sample_rate_hz": dataset.manifest.sample_rate_hz,
             "crop_box": dataset.manifest.crop_box,
             "full_frame_size": (source.video_width, source.video_height),
-            "reference_frames": len(dataset),
+            "reference_frames": count,
             "audio_stats": {
                 "mean": dataset.manifest.audio_features.mean,
                 "std": dataset.manifest.audio_features.std,
@@ -72,23 +77,23 @@ def export_bundle(
     )
 
 
-def _write_reference(staging: Path, dataset: AvatarDataset, size: int) -> None:
+def _write_reference(staging: Path, dataset: AvatarDataset, size: int, count: int) -> None:
     reference = staging / "reference"
     (reference / "crops").mkdir(parents=True)
     (reference / "full").mkdir()
     save_file(
         {
-            "mouth_params": dataset.mouth_params,
-            "upper_params": dataset.upper_params,
-            "pose_scale": dataset.pose.scale,
-            "pose_rotation": dataset.pose.rotation,
-            "pose_translation": dataset.pose.translation,
-            "landmarks": dataset.landmarks,
-            "source_frame_index": dataset.source_frame_index,
+            "mouth_params": dataset.mouth_params[:count],
+            "upper_params": dataset.upper_params[:count],
+            "pose_scale": dataset.pose.scale[:count],
+            "pose_rotation": dataset.pose.rotation[:count],
+            "pose_translation": dataset.pose.translation[:count],
+            "landmarks": dataset.landmarks[:count],
+            "source_frame_index": dataset.source_frame_index[:count],
         },
         str(reference / "arrays.safetensors"),
     )
-    for index in range(len(dataset)):
+    for index in range(count):
         crop = dataset.frame(index)
         if crop.shape[0] != size:
             crop = np.asarray(cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA), dtype=np.uint8)

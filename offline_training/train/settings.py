@@ -47,6 +47,7 @@ class TrainSettings(BaseModel):
     erosion: bool = True
     dependency: bool = True
     show_progress: bool = True
+    reference_frames: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _length(self) -> TrainSettings:

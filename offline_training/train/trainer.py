@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 
 VALIDATION_SEQUENCES = 4
 VALIDATION_WINDOWS = 8
-DISCRIMINATOR_SIZES = {"paper": (64, 3), "small": (32, 3), "tiny": (16, 2)}
+DISCRIMINATOR_SIZES = {"paper": (64, 3), "small": (32, 3), "mini": (16, 3), "tiny": (16, 2)}
 
 
 @dataclass
@@ -64,18 +64,22 @@ class TrainReport:
 
 
 def model_config_for(settings: TrainSettings, mouth_dims: int) -> ModelConfig:
-    """The preset, sized for the dataset's face model, with the ablation switches applied."""
+    """The preset, sized for the dataset's face model, with the ablation switches applied (a switch
+    turns a part off; a part the preset leaves out stays out)."""
     if settings.preset not in PRESETS:
         raise InputError(f"unknown preset {settings.preset!r}; choose one of {', '.join(PRESETS)}")
     config = PRESETS[settings.preset].with_mouth_dims(mouth_dims)
     renderer = config.renderer.model_copy(
-        update={"use_audio_fusion": settings.audio_fusion, "use_dependency": settings.dependency}
+        update={
+            "use_audio_fusion": config.renderer.use_audio_fusion and settings.audio_fusion,
+            "use_dependency": config.renderer.use_dependency and settings.dependency,
+        }
     )
     return config.model_copy(
         update={
             "renderer": renderer,
-            "use_smoothing": settings.smoothing,
-            "use_erosion_augmentation": settings.erosion,
+            "use_smoothing": config.use_smoothing and settings.smoothing,
+            "use_erosion_augmentation": config.use_erosion_augmentation and settings.erosion,
         }
     )
 
@@ -113,6 +117,13 @@ class Trainer:
         self.completed: list[Stage] = []
         self.stage_steps: dict[str, int] = {}
         self.writer: Any = None
+
+    def _stages(self) -> list[Stage]:
+        """The stages to run: ``--stage all`` has no joint stage for a model without smoothing."""
+        stages = self.settings.stages()
+        if self.settings.stage == "all" and not self.config.use_smoothing:
+            return [stage for stage in stages if stage != "joint"]
+        return stages
 
     def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
         nets, s = self.networks, self.settings
@@ -395,7 +406,7 @@ class Trainer:
         resume_stage, resume_step = self._prepare_output()
         self._open_writer()
         try:
-            for stage in self.settings.stages():
+            for stage in self._stages():
                 # --stage all skips finished stages; a stage named explicitly is trained (again).
                 if stage in self.completed and self.settings.stage == "all":
                     continue
@@ -408,7 +419,13 @@ class Trainer:
             )
             if self.context.is_main:
                 export_bundle(
-                    self.settings.out, self.dataset, self.config, self.networks, final, self.stage_steps
+                    self.settings.out,
+                    self.dataset,
+                    self.config,
+                    self.networks,
+                    final,
+                    self.stage_steps,
+                    self.settings.reference_frames,
                 )
                 (self.training_dir / "report.json").write_text(
                     json.dumps({"validation": final, "steps": self.stage_steps}, indent=2)

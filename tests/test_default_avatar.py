@@ -1,0 +1,122 @@
+"""The bundled default avatar: small, reproducible, mouths real speech it never heard, marked as AI."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engines.bundle import DEFAULT_AVATAR_DIR, MANIFEST, AvatarBundle
+from realtime.engine import AvatarEngine
+from realtime.offline import stream_file
+from realtime.settings import SAMPLE_RATE_HZ, StreamSettings
+
+MAX_BUNDLE_BYTES = 25_000_000
+SPEECH_FILES = sorted((Path(__file__).resolve().parents[2] / "shared" / "data" / "speech").glob("*.wav"))
+
+
+@pytest.fixture(scope="module")
+def default_engine() -> Iterator[AvatarEngine]:
+    engine = AvatarEngine.load(DEFAULT_AVATAR_DIR)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def tracker() -> object:
+    from engines.geometry.trackers import create_tracker
+
+    return create_tracker("mediapipe")
+
+
+def test_the_bundle_is_shipped_small_and_made_from_project_data() -> None:
+    files = [path for path in DEFAULT_AVATAR_DIR.rglob("*") if path.is_file()]
+    size = sum(path.stat().st_size for path in files)
+    assert size <= MAX_BUNDLE_BYTES, f"default avatar is {size / 1e6:.1f} MB"
+    bundle = AvatarBundle.load(DEFAULT_AVATAR_DIR)  # checks every file's checksum
+    assert bundle.manifest.name == "default"
+    assert bundle.config.preset == "mini"
+    assert bundle.manifest.training["recipe_seed"] == 0
+    provenance = (DEFAULT_AVATAR_DIR / "PROVENANCE.md").read_text()
+    assert "astronaut" in provenance and "stableface build-default" in provenance
+    # No path of the team's test data anywhere in what ships.
+    assert all(b"shared/data" not in path.read_bytes() for path in files if path.suffix in {".json", ".md"})
+
+
+def _tracked_sync(engine: AvatarEngine, audio: np.ndarray, tracker: object) -> tuple[float, float]:
+    from offline_training.evaluation.mouth_tracks import video_av_sync
+
+    images = [frame.image for frame in stream_file(engine, audio) if frame.image is not None]
+    sync = video_av_sync(images, audio, SAMPLE_RATE_HZ, 25.0, tracker)  # type: ignore[arg-type]
+    return sync.correlation, sync.offset_ms
+
+
+@pytest.mark.parametrize("speech", SPEECH_FILES, ids=lambda path: path.stem)
+def test_mouths_real_speech_of_other_speakers_and_languages(
+    speech: Path, default_engine: AvatarEngine, tracker: object, shared_data_dir: Path
+) -> None:
+    """The mouth read back from the rendered pixels by MediaPipe follows the speech envelope."""
+    from engines.media.decode import load_audio
+
+    correlation, offset_ms = _tracked_sync(default_engine, load_audio(speech), tracker)
+    assert correlation >= 0.5, f"{speech.name}: correlation {correlation:.2f} at {offset_ms:+.0f} ms"
+    assert abs(offset_ms) <= 80, f"{speech.name}: best lag {offset_ms:+.0f} ms"
+
+
+def test_speech_files_are_there_when_the_data_is(shared_data_dir: Path) -> None:
+    assert len(SPEECH_FILES) >= 10, "the parametrised speech tests found too few files"
+
+
+def test_two_seconds_of_silence_close_the_mouth(default_engine: AvatarEngine) -> None:
+    from mouth_probe import speech_with_pauses
+
+    audio, _ = speech_with_pauses(5, [("speech", 2.0), ("silence", 2.0)])
+    frames = list(stream_file(default_engine, audio))
+    rest = default_engine.frames.mouth_opening(default_engine.frames.rest_mouth)
+    speaking = np.array([frame.mouth_opening for frame in frames[:50]])
+    closing = np.array([frame.mouth_opening for frame in frames[-25:]])
+    assert speaking.max() > rest + 0.5 * (speaking.max() - speaking.min()), "it never opened its mouth"
+    np.testing.assert_allclose(closing, rest, atol=1e-6 * max(1.0, abs(rest)))
+    silent = list(stream_file(default_engine, np.zeros(2 * SAMPLE_RATE_HZ, np.float32)))
+    np.testing.assert_allclose(
+        [frame.mouth_opening for frame in silent], rest, atol=1e-6 * max(1.0, abs(rest))
+    )
+
+
+def test_output_carries_the_ai_mark_unless_switched_off(default_engine: AvatarEngine) -> None:
+    audio = np.zeros(SAMPLE_RATE_HZ // 2, np.float32)
+    marked = next(f.image for f in stream_file(default_engine, audio) if f.image is not None)
+    unmarked = stream_file(default_engine, audio, settings=StreamSettings(ai_mark=False))
+    plain = next(f.image for f in unmarked if f.image is not None)
+    changed = np.abs(marked.astype(np.int16) - plain.astype(np.int16)).max(axis=2) > 8
+    rows, cols = np.nonzero(changed)
+    height, width = plain.shape[:2]
+    assert changed.sum() > 200, "no mark drawn"
+    assert rows.min() > height * 0.8 and cols.min() > width * 0.4, (
+        "the mark strays from the bottom-right corner"
+    )
+
+
+def test_build_default_is_deterministic_from_its_seed(tmp_path: Path) -> None:
+    from offline_training.default_avatar.corpus_a2e import CorpusSettings
+    from offline_training.default_avatar.recipe import DefaultAvatarRecipe, build_default_avatar
+
+    recipe = DefaultAvatarRecipe(
+        seed=3,
+        clip_seconds=6.0,
+        renderer_steps=3,
+        batch_size=1,
+        reference_frames=10,
+        corpus=CorpusSettings(seed=3, utterances=2, seconds=3.0, steps=3, batch_size=2),
+    )
+    manifests = []
+    for name in ("first", "second"):
+        report = build_default_avatar(tmp_path / name, recipe, show_progress=False)
+        manifests.append(json.loads((report.out / MANIFEST).read_text()))
+        AvatarBundle.load(report.out)
+    assert manifests[0]["files"] == manifests[1]["files"]
+    assert manifests[0]["model"]["preset"] == "mini" and manifests[0]["reference_frames"] == 10
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".build-default-")], "work folder left"
