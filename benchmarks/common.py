@@ -152,9 +152,11 @@ def report(
 
 def add_avatar_arguments(parser: Any) -> None:
     """``--avatar`` and ``--compute-allowance-ms``: what the live benchmarks run."""
-    parser.add_argument("--avatar", type=Path, help="avatar bundle (default: bundled, else run.sh's demo)")
+    parser.add_argument("--avatar", type=Path, help="avatar bundle (default: the bundled default avatar)")
     parser.add_argument(
-        "--compute-allowance-ms", type=float, help="the sessions' compute allowance in ms (default 70)"
+        "--compute-allowance-ms",
+        type=float,
+        help="the sessions' compute allowance in ms (default: the avatar's)",
     )
 
 

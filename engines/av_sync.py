@@ -1,7 +1,10 @@
 """A weights-free audio-visual sync measure: how well, and at what lag, a mouth follows the speech.
 
-The speech envelope is each video frame's loudness in dB, floored 50 dB under the loudest frame
-(silence and near-silence count alike). The mouth-opening track is correlated with it (Pearson)
+The speech envelope is each video frame's energy in the speech band (300–3400 Hz, the telephone
+band) in dB, floored 50 dB under the loudest frame (silence and near-silence count alike). The
+band matters: below it lie the voice's fundamental, hum and room rumble, which carry loudness but
+not articulation (on the project's real recordings a broadband envelope lowered the correlation
+of a well-synced mouth by 0.1 to 0.25). The mouth-opening track is correlated with it (Pearson)
 at every lag within the search range; the best lag is refined to a fraction of a frame by a
 parabola through the correlation peak. A positive offset means the mouth moves *after* the sound.
 """
@@ -17,6 +20,8 @@ from engines.errors import InputError
 
 FloatArray = npt.NDArray[np.float32]
 ENVELOPE_RANGE_DB = 50.0
+SPEECH_BAND_HZ = (300.0, 3400.0)
+BAND_TAPER_HZ = 50.0
 
 
 @dataclass(frozen=True)
@@ -34,10 +39,24 @@ class AvSync:
     correlation_at_zero: float
 
 
+def speech_band(audio: FloatArray, sample_rate_hz: int) -> npt.NDArray[np.float64]:
+    """(S,) ``audio`` band-passed to 300–3400 Hz with zero phase (FFT mask, 50 Hz cosine edges)."""
+    length = len(audio)
+    spectrum = np.fft.rfft(audio.astype(np.float64), n=length)
+    freqs = np.fft.rfftfreq(length, 1.0 / sample_rate_hz)
+    low, high = SPEECH_BAND_HZ
+    rise = np.clip((freqs - (low - BAND_TAPER_HZ)) / BAND_TAPER_HZ, 0.0, 1.0)
+    fall = np.clip(((high + BAND_TAPER_HZ) - freqs) / BAND_TAPER_HZ, 0.0, 1.0)
+    gain = np.sin(0.5 * np.pi * rise) ** 2 * np.sin(0.5 * np.pi * fall) ** 2
+    band: npt.NDArray[np.float64] = np.fft.irfft(spectrum * gain, n=length)
+    return band
+
+
 def speech_envelope_db(
     audio: FloatArray, sample_rate_hz: int, fps: float, frames: int | None = None
 ) -> FloatArray:
-    """Per-frame loudness of (S,) mono ``audio``: (T,) dB, floored 50 dB under the loudest frame.
+    """Per-frame speech-band energy of (S,) mono ``audio``: (T,) dB, floored 50 dB under the
+    loudest frame.
 
     Frame ``t`` covers samples ``[t·rate/fps, (t+1)·rate/fps)``; ``frames`` pads with silence or
     cuts to that many frames (default: whole frames of the audio).
@@ -45,7 +64,8 @@ def speech_envelope_db(
     per = sample_rate_hz / fps
     count = int(len(audio) // per) if frames is None else frames
     edges = np.round(np.arange(count + 1) * per).astype(np.int64)
-    padded = np.concatenate([audio.astype(np.float64), np.zeros(max(0, int(edges[-1]) - len(audio)))])
+    band = speech_band(audio, sample_rate_hz) if len(audio) else np.zeros(0)
+    padded = np.concatenate([band, np.zeros(max(0, int(edges[-1]) - len(audio)))])
     power = np.add.reduceat(padded[: edges[-1]] ** 2, edges[:-1]) / np.diff(edges) if count else np.zeros(0)
     level = 10 * np.log10(power + 1e-12)
     floor = level.max(initial=-120.0) - ENVELOPE_RANGE_DB

@@ -19,6 +19,7 @@ BENCHMARKS = {
     "latency": "per-stage latency and mouth-to-photon over a WebRTC loopback",
     "throughput": "frames/s per chunk size and live sessions per process until real time breaks",
     "ceiling": "FLOPs and bytes per rendered frame against this machine's measured peaks",
+    "avatar_load": "time to load an avatar bundle, an engine, and a whole server process",
     "backends": "inference speed per backend, preset and chunk size",
     "prepare_speed": "speed of `stableface prepare`",
     "train_speed": "training speed and FLOPs per preset",

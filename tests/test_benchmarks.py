@@ -118,6 +118,22 @@ def test_throughput_quick_keeps_sessions_in_real_time_under_the_ceiling(
     assert result_file.with_suffix(".md").read_text().startswith("# throughput")
 
 
+def test_avatar_load_quick_times_the_bundled_avatar(tmp_path: Path) -> None:
+    import shutil
+
+    from engines.bundle import DEFAULT_AVATAR_DIR
+
+    avatar = tmp_path / "avatar"
+    shutil.copytree(DEFAULT_AVATAR_DIR, avatar, ignore=shutil.ignore_patterns("engines"))
+    module = _load("avatar_load")
+    assert module.main(["--quick", "--avatar", str(avatar), "--results", str(tmp_path)]) == 0
+    [result_file] = tmp_path.glob("avatar_load-*-quick.json")
+    result = json.loads(result_file.read_text())
+    assert result["first_engine_exported_onnx"] and not (avatar / "engines").exists()
+    assert 0 < result["bundle_s"]["p50"] <= result["engine_s"]["p50"] < result["serve_start_s"]["p50"]
+    assert len(result["samples"]["serve"]) == 1 and 1e6 < result["bundle_bytes"] <= 25e6
+
+
 def test_stableface_bench_runs_a_benchmark_script(tmp_path: Path) -> None:
     from stableface.cli import main
 

@@ -1,0 +1,132 @@
+"""How long an avatar takes to load: the bundle alone, the engine ready to stream, and a whole
+``stableface serve`` process from start to answering.
+
+- **bundle**: ``AvatarBundle.load`` (manifest, checksums of every file, weights, face model,
+  reference frames), in this process, repeated.
+- **engine**: ``AvatarEngine.load`` (the bundle plus the inference backend, its ONNX export
+  reused), repeated; the first load of a fresh checkout also exports the ONNX graphs, reported
+  apart as ``first_engine_s``.
+- **serve**: a fresh ``stableface serve`` process (Python start, imports, loading) until it
+  prints its URL, repeated.
+
+Usage: ``stableface bench avatar_load [--avatar PATH] [--repeats N] [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (
+    add_output_arguments,
+    bench_avatar,
+    percentiles,
+    pyplot,
+    report,
+    run_script,
+)
+from benchmarks.serve_process import serve_process
+
+
+def _timed(action: Any) -> float:
+    started = time.perf_counter()
+    result = action()
+    elapsed = time.perf_counter() - started
+    close = getattr(result, "close", None)
+    if close is not None:
+        close()
+    return elapsed
+
+
+def _serve_start_s(avatar: Path) -> float:
+    started = time.perf_counter()
+    with serve_process(avatar, "auto", None):
+        return time.perf_counter() - started
+
+
+def measure(avatar: Path, repeats: int) -> dict[str, Any]:
+    from engines.bundle import AvatarBundle
+    from realtime.engine import AvatarEngine
+
+    exports = avatar / "engines"
+    fresh = not exports.exists()
+    first = _timed(lambda: AvatarEngine.load(avatar))
+    bundle = [_timed(lambda: AvatarBundle.load(avatar)) for _ in range(repeats)]
+    engine = [_timed(lambda: AvatarEngine.load(avatar)) for _ in range(repeats)]
+    serve = [_serve_start_s(avatar) for _ in range(max(1, repeats // 3))]
+    if fresh:
+        shutil.rmtree(exports, ignore_errors=True)  # leave the checkout as it was
+    size = sum(
+        path.stat().st_size for path in avatar.rglob("*") if path.is_file() and exports not in path.parents
+    )
+    return {
+        "avatar": str(avatar),
+        "bundle_bytes": size,
+        "first_engine_s": first,
+        "first_engine_exported_onnx": fresh,
+        "bundle_s": percentiles(bundle),
+        "engine_s": percentiles(engine),
+        "serve_start_s": percentiles(serve),
+        "samples": {"bundle": bundle, "engine": engine, "serve": serve},
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    rows = [
+        f"# Avatar load time, {result['date']}",
+        "",
+        f"Avatar `{result['avatar']}`, {result['bundle_bytes'] / 1e6:.1f} MB; commit {result['commit']}, "
+        f"{result['machine']['cpus']} CPUs.",
+        "",
+        "| what | p50 | p95 | p99 | samples |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for key, label in (
+        ("bundle_s", "bundle (`AvatarBundle.load`)"),
+        ("engine_s", "engine ready to stream (`AvatarEngine.load`)"),
+        ("serve_start_s", "`stableface serve` process start → URL printed"),
+    ):
+        stats = result[key]
+        count = len(result["samples"][key.removesuffix("_s").replace("serve_start", "serve")])
+        rows.append(
+            f"| {label} | {stats['p50']:.2f} s | {stats['p95']:.2f} s | {stats['p99']:.2f} s | {count} |"
+        )
+    exported = " (it exported the ONNX graphs)" if result["first_engine_exported_onnx"] else ""
+    rows += ["", f"First engine load in this checkout: {result['first_engine_s']:.2f} s{exported}.", ""]
+    return "\n".join(rows)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(6, 3))
+    samples = result["samples"]
+    axis.boxplot(
+        [samples["bundle"], samples["engine"], samples["serve"]], labels=["bundle", "engine", "serve"]
+    )
+    axis.set_ylabel("seconds")
+    axis.set_title("avatar load time")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--avatar", type=Path, help="avatar bundle (default: the bundled default avatar)")
+    parser.add_argument("--repeats", type=int, default=10, help="loads of each kind (default 10)")
+    parser.add_argument("--quick", action="store_true", help="2 loads of each kind, 1 server start")
+    add_output_arguments(parser)
+    args = parser.parse_args(argv)
+    avatar = bench_avatar(args.avatar)
+    report("avatar_load", args, measure(avatar, 2 if args.quick else args.repeats), markdown, plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_script(main))
