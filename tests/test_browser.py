@@ -226,6 +226,11 @@ def test_chromium_sees_the_default_avatar_talk(tmp_path: Path) -> None:
         finally:
             driver.quit()
     assert len(scores) >= 60, f"only {len(scores)} frames seen"
-    values = (np.array(scores) - rest) / (open_level - rest)  # 0: the rest pose, 1: wide open
-    assert (values > 0.5).mean() >= 0.1, f"the mouth hardly opened in the browser: {np.round(values, 2)}"
-    assert (values < 0.25).mean() >= 0.1, f"the mouth never closed in the browser: {np.round(values, 2)}"
+    # In units of the local render's rest-to-open range. Compression shifts every received frame
+    # alike, so the browser's own closed level is its 20th percentile (pauses are 43% of the time).
+    values = (np.array(scores) - rest) / (open_level - rest)
+    closed = float(np.percentile(values, 20))
+    opened = values > closed + 0.6
+    shown = np.round(values, 2)
+    assert opened.mean() >= 0.08, f"the mouth hardly opened in the browser: {shown}"
+    assert (np.abs(values - closed) < 0.25).mean() >= 0.3, f"the mouth hardly closed in the browser: {shown}"

@@ -19,6 +19,7 @@ import numpy.typing as npt
 from safetensors.numpy import load_file, save_file
 
 from engines.errors import InputError
+from engines.files import sort_safetensors_metadata
 from engines.geometry.layouts import anchors_for, delaunay_triangles, mediapipe_triangles
 from engines.geometry.pose import HeadPose, fit_poses
 
@@ -126,6 +127,7 @@ class FaceModel:
             "planar": json.dumps(self.planar),
         }
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata)
+        sort_safetensors_metadata(Path(path))
 
     @classmethod
     def load(cls, path: str | Path) -> FaceModel:
