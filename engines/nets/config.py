@@ -177,7 +177,7 @@ PRESETS: dict[str, ModelConfig] = {
         ),
         sequence_length=6,
         use_smoothing=False,
-        streaming=StreamingConfig(chunk_frames=1, compute_allowance_ms=60.0),
+        streaming=StreamingConfig(chunk_frames=1, compute_allowance_ms=30.0),
     ),
     "tiny": ModelConfig(
         preset="tiny",

@@ -7,8 +7,9 @@
 3. Replace the audio model with one trained on a corpus of augmented generated speech
    (:mod:`offline_training.default_avatar.speech_corpus`), so that it follows voices, languages
    and noise it never heard rather than the one toy voice of the clip.
-4. Write the bundle (a short reference video keeps it small) with a provenance note, replacing
-   ``out`` only once everything is written.
+4. Write the bundle (a short reference video keeps it small) with a provenance note and the ONNX
+   export of its live streaming shapes (so that the first ``serve`` does not spend seconds
+   exporting), replacing ``out`` only once everything is written.
 
 No file outside the project and its dependencies is read: nothing from ``../shared/data``.
 """
@@ -46,6 +47,7 @@ from offline_training.train.trainer import Trainer
 logger = logging.getLogger(__name__)
 BUNDLE_ENTRIES = (MANIFEST, "face_model.safetensors", "weights", "reference")
 PROVENANCE = "PROVENANCE.md"
+ONNX_EXPORTS = "engines"  # engines.backends.onnx_export.onnx_export_dir
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class DefaultAvatarRecipe:
         reference_frames: frames of the clip kept as the reference video the avatar plays.
         crop_margin: margin of the crop box around the face (the clip's head barely moves, so a
             tight crop puts the renderer's pixels on the face).
+        export_onnx: also write the ONNX export for the avatar's streaming shapes.
         corpus: the audio model's speech corpus and training.
     """
 
@@ -73,6 +76,7 @@ class DefaultAvatarRecipe:
     batch_size: int = 4
     reference_frames: int = 200
     crop_margin: float = 0.15
+    export_onnx: bool = True
     corpus: CorpusSettings = field(default_factory=CorpusSettings)
 
 
@@ -140,8 +144,11 @@ def build_default_avatar(out: Path, recipe: DefaultAvatarRecipe, show_progress: 
         started = _timed(seconds, "train_renderer", started)
         dataset = AvatarDataset.open(work / "dataset")
         explained, loss = _train_audio_model(avatar, dataset, clip.mouth_opening, recipe, show_progress)
-        _timed(seconds, "train_audio", started)
+        started = _timed(seconds, "train_audio", started)
         _write_provenance(avatar, recipe)
+        if recipe.export_onnx:
+            _export_onnx(avatar)
+            started = _timed(seconds, "export_onnx", started)
         _replace(out, avatar, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -221,12 +228,24 @@ def _write_provenance(avatar: Path, recipe: DefaultAvatarRecipe) -> None:
     (avatar / PROVENANCE).write_text("\n".join(lines))
 
 
+def _export_onnx(avatar: Path) -> None:
+    """The ONNX graphs a live session of this avatar runs (its own chunk size), beside it."""
+    from engines.backends import StreamShape
+    from engines.backends.onnx_export import ensure_onnx_export, onnx_export_dir
+    from engines.bundle import AvatarBundle
+
+    bundle = AvatarBundle.load(avatar)
+    shape = StreamShape.for_config(bundle.config)
+    ensure_onnx_export(bundle.networks, shape, onnx_export_dir(avatar, shape))
+
+
 def _replace(out: Path, avatar: Path, work: Path) -> None:
     """Move the finished bundle's files to ``out``; the old ``out`` goes only after they are in."""
     staging = work / "bundle"
     staging.mkdir()
-    for entry in (*BUNDLE_ENTRIES, PROVENANCE):
-        (avatar / entry).rename(staging / entry)
+    for entry in (*BUNDLE_ENTRIES, PROVENANCE, ONNX_EXPORTS):
+        if (avatar / entry).exists():
+            (avatar / entry).rename(staging / entry)
     previous = work / "previous"
     if out.exists():
         out.rename(previous)
