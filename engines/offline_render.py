@@ -46,9 +46,22 @@ class RenderPlan:
 
 
 @torch.no_grad()
-def plan_render(bundle: AvatarBundle, audio: npt.NDArray[np.float32], fps: float = 25.0) -> RenderPlan:
-    """Predict the mouth for every video frame of ``audio`` (16 kHz mono, (S,) float32)."""
+def plan_render(
+    bundle: AvatarBundle,
+    audio: npt.NDArray[np.float32],
+    fps: float = 25.0,
+    reference_index: npt.NDArray[np.int64] | None = None,
+) -> RenderPlan:
+    """Predict the mouth for every video frame of ``audio`` (16 kHz mono, (S,) float32).
+
+    ``reference_index`` (T,) names the reference frame under each output frame (default: the
+    reference video played ping-pong); evaluation uses it to re-render a stretch of the reference.
+    """
     frames = max(1, int(np.ceil(len(audio) * fps / bundle.manifest.sample_rate_hz)))
+    if reference_index is None:
+        reference_index = bundle.reference.ping_pong(frames)
+    elif len(reference_index) != frames:
+        raise ValueError(f"reference_index has {len(reference_index)} frames; the audio needs {frames}")
     features = log_mel_for_video(audio, frames, fps)
     features = normalise(features, utterance_stats(features))
     per_frame = features.reshape(frames, -1)
@@ -61,7 +74,7 @@ def plan_render(bundle: AvatarBundle, audio: npt.NDArray[np.float32], fps: float
     )
     params = normalised * np.maximum(bundle.face_model.mouth_std, 1e-6)[None]
     return RenderPlan(
-        reference_index=bundle.reference.ping_pong(frames),
+        reference_index=np.asarray(reference_index, dtype=np.int64),
         mouth_params=params.astype(np.float32),
         normalised_params=normalised.astype(np.float32),
         audio=per_frame.astype(np.float32),
@@ -108,6 +121,7 @@ def render_frames(
     audio: npt.NDArray[np.float32],
     paste: bool = True,
     progress: Callable[[int], None] | None = None,
+    reference_index: npt.NDArray[np.int64] | None = None,
 ) -> Iterator[ImageRGB]:
     """Render ``audio`` with the avatar, frame by frame, in order.
 
@@ -116,11 +130,12 @@ def render_frames(
         audio: (S,) float32 16 kHz mono speech.
         paste: paste the crop back into the full reference frame (else yield the crop).
         progress: called with the number of frames finished after each window.
+        reference_index: (T,) reference frame under each output frame (default ping-pong).
 
     Yields:
         (H, W, 3) uint8 RGB frames at the avatar's fps.
     """
-    plan = plan_render(bundle, audio, bundle.manifest.fps)
+    plan = plan_render(bundle, audio, bundle.manifest.fps, reference_index)
     frames = len(plan.reference_index)
     nets = bundle.networks
     device = next(nets.renderer.parameters()).device

@@ -19,6 +19,7 @@ from engines.errors import StableFaceError
 from stableface.argtypes import positive_float, positive_int
 from stableface.bench_command import add_bench_parser
 from stableface.build_default_command import add_build_default_parser
+from stableface.eval_command import add_eval_parsers
 from stableface.live_commands import NO_AI_MARK_HELP, add_live_parser, add_serve_parser
 
 if TYPE_CHECKING:
@@ -33,10 +34,6 @@ if TYPE_CHECKING:
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-
-ROADMAP = {
-    "eval": (4, "Evaluation: MSI and the paper's metrics"),
-}
 
 Handler = Callable[[argparse.Namespace], int]
 SettingsT = TypeVar("SettingsT", bound="BaseModel")
@@ -265,19 +262,6 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_built(command: str) -> Handler:
-    issue, title = ROADMAP[command]
-
-    def handler(_: argparse.Namespace) -> int:
-        print(
-            f"stableface {command}: not built yet; it arrives with issue #{issue} ({title})",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
-
-    return handler
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stableface",
@@ -435,15 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_live_parser(sub)
     add_bench_parser(sub)
     add_build_default_parser(sub)
+    add_eval_parsers(sub)
 
-    for command, (issue, title) in ROADMAP.items():
-        placeholder = sub.add_parser(
-            command,
-            help=f"(not built yet: issue #{issue})",
-            description=f"Not built yet: arrives with issue #{issue}, {title}.",
-        )
-        placeholder.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-        placeholder.set_defaults(handler=_not_built(command))
     return parser
 
 

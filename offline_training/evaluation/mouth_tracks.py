@@ -4,6 +4,7 @@ weights-free audio-visual sync (``engines.av_sync``)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -25,19 +26,25 @@ def mouth_opening_track(frames: Iterable[ImageRGB], tracker: LandmarkTracker) ->
         frames: (H, W, 3) uint8 RGB frames of one video, in order.
         tracker: any landmark tracker (reset before the first frame).
     """
-    anchors = anchors_for(tracker.layout.name)
+    layout = tracker.layout.name
     tracker.reset()
     openings = []
     for frame in frames:
         points = tracker.track(frame)
-        if points is None:
-            openings.append(np.nan)
-            continue
-        gap = np.linalg.norm(points[anchors.inner_lip_top, :2] - points[anchors.inner_lip_bottom, :2])
-        left, right = anchors.mouth_corners
-        width = np.linalg.norm(points[left, :2] - points[right, :2])
-        openings.append(float(gap / max(float(width), 1e-6)))
+        openings.append(np.nan if points is None else float(opening_from_points(points[None], layout)[0]))
     return np.asarray(openings, np.float32)
+
+
+def opening_from_points(points: npt.NDArray[np.floating[Any]], layout: str) -> FloatArray:
+    """(T,) inner-lip gap over mouth width from (T, N, 2+) landmarks of ``layout``."""
+    anchors = anchors_for(layout)
+    gap = np.linalg.norm(
+        points[:, anchors.inner_lip_top, :2] - points[:, anchors.inner_lip_bottom, :2], axis=1
+    )
+    left, right = anchors.mouth_corners
+    width = np.linalg.norm(points[:, left, :2] - points[:, right, :2], axis=1)
+    result: FloatArray = (gap / np.maximum(width, 1e-6)).astype(np.float32)
+    return result
 
 
 def fill_missing(track: FloatArray) -> FloatArray:

@@ -261,9 +261,13 @@ class Trainer:
             metrics["val/l1"] = float(np.mean(l1s))
             metrics["val/ssim"] = float(np.mean(ssims))
             if final:
-                distance, found = mouth_landmark_distance(rendered_frames, true_frames)
-                metrics["val/mouth_landmark_distance"] = distance
-                metrics["val/mouth_landmarks_found"] = found
+                try:
+                    distance, found = mouth_landmark_distance(rendered_frames, true_frames)
+                except ImportError as exc:  # MediaPipe missing: a training-only machine
+                    logger.warning("final mouth-landmark distance skipped: %s", exc)
+                else:
+                    metrics["val/mouth_landmark_distance"] = distance
+                    metrics["val/mouth_landmarks_found"] = found
             samples = self.training_dir / "samples"
             samples.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(samples / f"{stage}-step{step:06d}.png"), np.concatenate(rows)[..., ::-1])
