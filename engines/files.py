@@ -1,11 +1,16 @@
-"""Small file helpers shared by the dataset builder and the avatar bundle."""
+"""Small file helpers shared by the dataset builder, the avatar bundle and the reports."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from engines.errors import OutputError
 
 
 def sha256_file(path: Path) -> str:
@@ -33,3 +38,21 @@ def sort_safetensors_metadata(path: Path) -> None:
         if len(text) <= length:
             handle.seek(8)
             handle.write(text + b" " * (length - len(text)))
+
+
+@contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """Yield a hidden partial path beside ``path`` to write to; on success it replaces ``path``.
+
+    A failure leaves ``path`` as it was and no partial file behind; an OS error becomes an
+    :class:`~engines.errors.OutputError` naming ``path``. The partial keeps ``path``'s suffix, for
+    writers that choose the format by it.
+    """
+    partial = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
+    try:
+        yield partial
+        partial.replace(path)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from exc
+    finally:
+        partial.unlink(missing_ok=True)

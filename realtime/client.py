@@ -162,7 +162,7 @@ class AvatarClient:
             body["avatar"] = self.avatar
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         async with (
-            aiohttp.ClientSession() as http,
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http,
             http.post(f"{self.url}/offer", json=body, headers=headers) as response,
         ):
             answer = await response.json()

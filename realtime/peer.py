@@ -30,6 +30,7 @@ from realtime.session import StreamingSession
 from realtime.webrtc_tracks import AvatarVideoTrack, DelayedAudioTrack, audio_frame_samples
 
 logger = logging.getLogger(__name__)
+CLOSE_STEP_TIMEOUT_S = 5.0
 
 STATS_INTERVAL_S = 1.0
 WATCHDOG_INTERVAL_S = 0.25
@@ -312,14 +313,15 @@ class PeerSession:
         for task in list(self._tasks):
             if task is not current:
                 task.cancel()
+        # Every wait is bounded: a peer stuck in its transport must not hold up a server shutdown.
         for task in list(self._tasks):
             if task is not current:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+                    await asyncio.wait_for(task, CLOSE_STEP_TIMEOUT_S)
         self.video.stop()
         self.audio.stop()
         with contextlib.suppress(Exception):
-            await self.pc.close()
+            await asyncio.wait_for(self.pc.close(), CLOSE_STEP_TIMEOUT_S)
         await self.session.close()
         logger.info("session %s ended: %s", self.id, reason)
         self._on_closed(self, reason)

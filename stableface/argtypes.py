@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+# The model presets of engines.nets.PRESETS, named here so building the parser imports no torch.
+PRESET_NAMES = ("paper", "small", "mini", "tiny")
+
 
 def positive_int(text: str) -> int:
     value = int(text)

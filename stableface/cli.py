@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from engines.errors import StableFaceError
-from stableface.argtypes import positive_float, positive_int
+from stableface.argtypes import PRESET_NAMES, positive_float, positive_int
 from stableface.bench_command import add_bench_parser
 from stableface.build_default_command import add_build_default_parser
 from stableface.eval_command import add_eval_parsers
@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, required=True, help="avatar folder to write")
     train.add_argument(
         "--preset",
-        choices=["paper", "small", "mini", "tiny"],
+        choices=PRESET_NAMES,
         default="small",
         help="model size (default small)",
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.errors import InputError, OutputError
-from stableface.argtypes import positive_float, positive_int
+from stableface.argtypes import PRESET_NAMES, positive_float, positive_int
 
 TRACKER_HELP = (
     "landmark tracker: face-alignment (68 points, the paper's; downloads its weights once), onnx68 "
@@ -50,7 +50,7 @@ def add_eval_parsers(sub: Any) -> None:
     )
     ablate.add_argument("dataset", type=Path, help="dataset folder from stableface prepare")
     ablate.add_argument("--out", type=Path, required=True, help="output folder (models, renders, table)")
-    ablate.add_argument("--preset", choices=["paper", "small", "mini", "tiny"], default="small")
+    ablate.add_argument("--preset", choices=PRESET_NAMES, default="small", help="model size (default small)")
     length = ablate.add_mutually_exclusive_group()
     length.add_argument("--steps", type=positive_int, help="optimiser steps per training stage")
     length.add_argument("--epochs", type=positive_float, help="passes over the training data per stage")
@@ -123,14 +123,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    try:
+    from engines.files import atomic_output
+
+    with atomic_output(path) as partial:
         partial.write_text(json.dumps(data, indent=2) + "\n")
-        partial.replace(path)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from exc
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:

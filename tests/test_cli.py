@@ -65,3 +65,10 @@ def test_train_and_render_refuse_bad_input_in_one_line(tmp_path, capsys: pytest.
         main(["render", str(tmp_path), str(tmp_path / "speech.wav"), "--out", str(tmp_path / "v.mp4")]) == 1
     )
     assert "not an avatar" in capsys.readouterr().err
+
+
+def test_the_preset_choices_are_the_model_presets() -> None:
+    from engines.nets import PRESETS
+    from stableface.argtypes import PRESET_NAMES
+
+    assert set(PRESET_NAMES) == set(PRESETS)

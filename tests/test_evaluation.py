@@ -277,3 +277,35 @@ def test_eval_without_face_alignment_names_the_extra(
         pytest.skip("face-alignment is installed (it would download its weights)")
     err = _one_line_error(capsys, "eval", str(talking_video[0]))
     assert "face-alignment" in err or "face_alignment" in err
+
+
+def test_eval_with_syncnet_weights_reports_lse(
+    talking_video: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    import torch
+
+    from offline_training.evaluation.syncnet import SyncNet
+
+    torch.manual_seed(0)
+    weights = tmp_path / "syncnet.pt"
+    torch.save(SyncNet().state_dict(), weights)  # random weights: the numbers mean nothing, the path is whole
+    out = tmp_path / "lse.json"
+    video = talking_video[0]
+    assert (
+        main(
+            [
+                "eval",
+                str(video),
+                "--tracker",
+                "mediapipe",
+                "--syncnet-weights",
+                str(weights),
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    report = json.loads(out.read_text())
+    assert report["syncnet"] == str(weights) and report["lse_d"] > 0 and np.isfinite(report["lse_c"])
+    assert -15 <= report["lse_offset_frames"] <= 15

@@ -16,14 +16,14 @@ variant whose bundle exists is rendered without training)::
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-from engines.errors import InputError, OutputError
+from engines.errors import InputError
+from engines.files import atomic_output
 from offline_training.dataset import AvatarDataset
 
 logger = logging.getLogger(__name__)
@@ -188,19 +188,13 @@ def render_path(out: Path, variant: Variant, seed: int) -> Path:
 def save_render(path: Path, render: TailRender) -> None:
     """Write a render atomically (a crash never leaves a half-written file that looks finished)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial.npz")
-    try:
+    with atomic_output(path) as partial:
         np.savez_compressed(
             partial,
             frames=render.frames,
             fps=np.float64(render.fps),
             first_frame=np.int64(render.first_frame),
         )
-        partial.replace(path)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write the render: {exc.strerror or exc}") from exc
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def load_render(path: Path) -> TailRender:

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from engines.errors import InputError, OutputError
+from engines.errors import InputError
+from engines.files import atomic_output
 from engines.geometry.trackers import LandmarkTracker
 from offline_training.dataset import AvatarDataset
 from offline_training.evaluation.ablation import (
@@ -212,14 +213,8 @@ def table_markdown(
 
 
 def _write_text(path: Path, text: str) -> Path:
-    partial = path.with_name(f".{path.name}.partial")
-    try:
+    with atomic_output(path) as partial:
         partial.write_text(text)
-        partial.replace(path)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from exc
-    finally:
-        partial.unlink(missing_ok=True)
     return path
 
 
@@ -231,23 +226,16 @@ def _write_csv(
     path: Path, measured: dict[str, dict[str, list[float]]], labels: dict[str, str], seeds: list[int]
 ) -> Path:
     """One row per model and seed (seed empty for the real video), then one mean row per model."""
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        with partial.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["variant", "label", "seed", *(column.key for column in COLUMNS)])
-            for name, values in measured.items():
-                runs = [""] if name == REAL else [str(seed) for seed in seeds]
-                for position, seed in enumerate(runs):
-                    writer.writerow([name, labels[name], seed, *(values[c.key][position] for c in COLUMNS)])
-                if len(runs) > 1:
-                    means = [_summary(values[column.key])[0] for column in COLUMNS]
-                    writer.writerow([name, labels[name], "mean", *means])
-        partial.replace(path)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from exc
-    finally:
-        partial.unlink(missing_ok=True)
+    with atomic_output(path) as partial, partial.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["variant", "label", "seed", *(column.key for column in COLUMNS)])
+        for name, values in measured.items():
+            runs = [""] if name == REAL else [str(seed) for seed in seeds]
+            for position, seed in enumerate(runs):
+                writer.writerow([name, labels[name], seed, *(values[c.key][position] for c in COLUMNS)])
+            if len(runs) > 1:
+                means = [_summary(values[column.key])[0] for column in COLUMNS]
+                writer.writerow([name, labels[name], "mean", *means])
     return path
 
 
@@ -277,13 +265,9 @@ def _write_plot(path: Path, measured: dict[str, dict[str, list[float]]], labels:
             margin = (high - low) * 0.3 or abs(high) * 0.05 or 0.01
             axis.set_ylim(low - margin, high + margin)
     figure.tight_layout()
-    partial = path.with_name(f".{path.stem}.partial.png")
     try:
-        figure.savefig(partial, dpi=110)
-        partial.replace(path)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from exc
+        with atomic_output(path) as partial:
+            figure.savefig(partial, dpi=110)
     finally:
         plt.close(figure)
-        partial.unlink(missing_ok=True)
     return path

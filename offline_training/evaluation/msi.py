@@ -47,24 +47,17 @@ class MsiBox:
     def crop(self, frame: ImageRGB, size: int = MSI_SIZE) -> ImageRGB:
         """(size, size, 3) crop of an (H, W, 3) frame (area-averaged when shrinking, so a video
         and its 2x rescale give the same crop up to resampling noise)."""
-        native = max(1, int(round(self.side)))
-        if native <= size:
-            warped = cv2.warpAffine(
-                frame,
-                self.matrix(size),
-                (size, size),
-                flags=cv2.INTER_LINEAR,
-                borderMode=cv2.BORDER_REPLICATE,
-            )
-            return np.asarray(warped, dtype=np.uint8)
-        at_native = cv2.warpAffine(
+        native = max(size, int(round(self.side)))
+        warped = cv2.warpAffine(
             frame,
             self.matrix(native),
             (native, native),
             flags=cv2.INTER_LINEAR,
             borderMode=cv2.BORDER_REPLICATE,
         )
-        return np.asarray(cv2.resize(at_native, (size, size), interpolation=cv2.INTER_AREA), dtype=np.uint8)
+        if native > size:
+            warped = cv2.resize(warped, (size, size), interpolation=cv2.INTER_AREA)
+        return np.asarray(warped, dtype=np.uint8)
 
     def to_source(self, points: Points, size: int = MSI_SIZE) -> Points:
         """(..., 2) crop coordinates back to source pixels."""

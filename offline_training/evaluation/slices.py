@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engines.errors import OutputError
+from engines.files import atomic_output
 
 ImageRGB = npt.NDArray[np.uint8]
 LABEL_HEIGHT = 28
@@ -49,15 +50,9 @@ def side_by_side(panels: list[ImageRGB]) -> ImageRGB:
 
 def write_png(path: Path, image: ImageRGB) -> None:
     """Write an RGB image as PNG atomically."""
-    partial = path.with_name(f".{path.stem}.partial.png")
-    try:
+    with atomic_output(path) as partial:
         if not cv2.imwrite(str(partial), np.ascontiguousarray(image[..., ::-1])):
             raise OutputError(f"{path}: cannot write the PNG")
-        partial.replace(path)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write the PNG: {exc.strerror or exc}") from exc
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def _label(text: str, width: int) -> ImageRGB:
