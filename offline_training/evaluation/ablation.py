@@ -134,6 +134,11 @@ def train_variant(dataset_path: Path, out: Path, variant: Variant, plan: Trainin
     if (out / "avatar.json").is_file():
         logger.info("%s: taking the trained bundle in %s", variant.name, out)
         return out
+    if plan.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {plan.device}: no CUDA device is available to train {variant.name}")
     settings = TrainSettings(
         dataset=dataset_path,
         out=out,
