@@ -192,6 +192,8 @@ def evaluate_video(
 
         if speech is None:
             raise InputError("LSE-C/LSE-D need speech: pass --audio, or a video with a sound track")
+        if abs(footage.fps - SYNCNET_FPS) > 0.01:
+            raise InputError(f"{video}: LSE-C/LSE-D need 25 fps video (SyncNet's); it is {footage.fps:g}")
         syncnet = (str(syncnet_weights), load_syncnet(syncnet_weights))
     return evaluate_footage(footage, tracker, truth, speech, speech_name, syncnet, slices, progress)
 
