@@ -4,7 +4,7 @@ weights-free audio-visual sync (``engines.av_sync``)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -17,6 +17,7 @@ from engines.geometry.trackers import LandmarkTracker
 FloatArray = npt.NDArray[np.float32]
 ImageRGB = npt.NDArray[np.uint8]
 MAX_MISSING_SHARE = 0.05
+TrackT = TypeVar("TrackT", bound=npt.NDArray[np.floating[Any]])
 
 
 def mouth_opening_track(frames: Iterable[ImageRGB], tracker: LandmarkTracker) -> FloatArray:
@@ -47,21 +48,24 @@ def opening_from_points(points: npt.NDArray[np.floating[Any]], layout: str) -> F
     return result
 
 
-def fill_missing(track: FloatArray) -> FloatArray:
-    """``track`` with NaN frames linearly interpolated from their neighbours.
+def fill_missing(track: TrackT, max_missing_share: float = MAX_MISSING_SHARE) -> TrackT:
+    """``track`` (T, ...) with its NaN frames linearly interpolated from their neighbours; a frame is
+    missing when any of its values is NaN.
 
     Raises:
-        InputError: more than 5% of the frames are missing (no face found).
+        InputError: more than ``max_missing_share`` of the frames are missing (no face found).
     """
-    missing = np.isnan(track)
-    if missing.mean() > MAX_MISSING_SHARE:
-        raise InputError(f"no face found in {missing.sum()} of {len(track)} frames")
+    flat = track.reshape(len(track), -1)
+    missing = np.isnan(flat).any(axis=1)
+    if missing.mean() > max_missing_share:
+        raise InputError(f"no face found in {int(missing.sum())} of {len(track)} frames")
     if not missing.any():
         return track
     positions = np.arange(len(track))
-    filled = track.copy()
-    filled[missing] = np.interp(positions[missing], positions[~missing], track[~missing])
-    return filled
+    filled = flat.copy()
+    for column in range(flat.shape[1]):
+        filled[missing, column] = np.interp(positions[missing], positions[~missing], flat[~missing, column])
+    return cast(TrackT, filled.reshape(track.shape))
 
 
 def video_av_sync(

@@ -20,6 +20,7 @@ from engines.errors import InputError
 from engines.geometry.layouts import LayoutAnchors, anchors_for
 from engines.geometry.trackers import LandmarkTracker
 from engines.stability import motion_stability_index
+from offline_training.evaluation.mouth_tracks import fill_missing
 
 MSI_SIZE = 256
 MOUTH_SHARE = 0.25
@@ -216,14 +217,8 @@ def _mouth_column(first_points: list[Points], anchors: LayoutAnchors, box: MsiBo
 def _filled(tracks: list[Points | None]) -> tuple[Points, npt.NDArray[np.bool_]]:
     """(T, N, 2) tracks with missing frames interpolated, and the (T,) found mask."""
     found = np.array([points is not None for points in tracks])
-    if (~found).mean() > MAX_MISSING_SHARE:
-        raise InputError(f"no face found in {int((~found).sum())} of {len(tracks)} frames")
+    if not found.any():
+        raise InputError("no face found in the video")
     shape = next(points for points in tracks if points is not None).shape
     stacked = np.stack([points if points is not None else np.full(shape, np.nan) for points in tracks])
-    if found.all():
-        return stacked, found
-    times = np.arange(len(tracks))
-    flat = stacked.reshape(len(tracks), -1)
-    for column in range(flat.shape[1]):
-        flat[~found, column] = np.interp(times[~found], times[found], flat[found, column])
-    return flat.reshape(stacked.shape), found
+    return fill_missing(stacked, MAX_MISSING_SHARE), found

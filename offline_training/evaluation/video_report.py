@@ -8,7 +8,6 @@ weights-free audio-visual offset and correlation; with SyncNet weights, LSE-C an
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -28,8 +27,6 @@ from offline_training.evaluation.mouth_tracks import opening_from_points
 from offline_training.evaluation.msi import MSI_SIZE, NormalisedTracks, track_normalised
 from offline_training.evaluation.sharpness import cpbd
 from offline_training.evaluation.slices import side_by_side, slice_panel, write_png
-
-logger = logging.getLogger(__name__)
 
 SAMPLE_RATE_HZ = 16_000
 SYNCNET_FPS = 25.0
