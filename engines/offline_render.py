@@ -16,12 +16,11 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from engines import render_io
+from engines.ai_mark import apply_ai_mark
 from engines.audio.features import log_mel_for_video, normalise, utterance_stats
 from engines.bundle import AvatarBundle
-from engines.geometry.crop import paste_back
-from engines.geometry.layouts import anchors_for
-from engines.geometry.masks import paste_mask
-from engines.geometry.raster import rasterize_face_shape
+from engines.timebase import FPS
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ class RenderPlan:
 def plan_render(
     bundle: AvatarBundle,
     audio: npt.NDArray[np.float32],
-    fps: float = 25.0,
+    fps: float = FPS,
     reference_index: npt.NDArray[np.int64] | None = None,
 ) -> RenderPlan:
     """Predict the mouth for every video frame of ``audio`` (16 kHz mono, (S,) float32).
@@ -83,17 +82,15 @@ def plan_render(
 
 def face_shapes(bundle: AvatarBundle, plan: RenderPlan) -> npt.NDArray[np.float32]:
     """(T, 4, S, S) face shapes: predicted mouth, reference upper face and head pose."""
-    reference, model = bundle.reference, bundle.face_model
-    index = plan.reference_index
-    posed = reference.pose.select(index).apply(model.shapes(plan.mouth_params, reference.upper_params[index]))
-    size = bundle.config.renderer.image_size
-    ring = anchors_for(model.layout).inner_lip_ring
-    box = bundle.crop_box
-    shapes = [
-        rasterize_face_shape(box.to_crop_points(points, size), model.triangles, model.vertex_code, ring, size)
-        for points in posed
-    ]
-    return np.stack(shapes).transpose(0, 3, 1, 2).astype(np.float32)
+    reference, index = bundle.reference, plan.reference_index
+    return render_io.face_shapes(
+        bundle.face_model,
+        bundle.crop_box,
+        bundle.config.renderer.image_size,
+        reference.pose.select(index),
+        plan.mouth_params,
+        reference.upper_params[index],
+    )
 
 
 def _window_spans(frames: int, window: int) -> Iterator[tuple[int, int, int, int]]:
@@ -122,6 +119,7 @@ def render_frames(
     paste: bool = True,
     progress: Callable[[int], None] | None = None,
     reference_index: npt.NDArray[np.int64] | None = None,
+    ai_mark: bool = False,
 ) -> Iterator[ImageRGB]:
     """Render ``audio`` with the avatar, frame by frame, in order.
 
@@ -131,6 +129,7 @@ def render_frames(
         paste: paste the crop back into the full reference frame (else yield the crop).
         progress: called with the number of frames finished after each window.
         reference_index: (T,) reference frame under each output frame (default ping-pong).
+        ai_mark: draw the "AI-generated" mark on every frame.
 
     Yields:
         (H, W, 3) uint8 RGB frames at the avatar's fps.
@@ -146,29 +145,28 @@ def render_frames(
     reference = bundle.reference
     audio_features = torch.from_numpy(plan.audio)
     for start, end, keep_from, keep_to in _window_spans(frames, bundle.config.sequence_length):
-        indices = plan.reference_index[start:end]
-        eroded, masks = [], []
-        for index in indices:
-            crop = reference.crop(int(index)).copy()
-            mask = reference.mouth_mask(int(index))
-            crop[mask > 0] = 127
-            masks.append(mask)
-            eroded.append(torch.from_numpy(crop).permute(2, 0, 1).float() / 127.5 - 1)
-        rendered = nets.renderer(
-            torch.stack(eroded)[None].to(device),
-            shapes[None, start:end].to(device),
-            audio_features[None, start:end].to(device),
-        )[0]
-        images = (
-            ((rendered.float().cpu().permute(0, 2, 3, 1).numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
+        indices = [int(index) for index in plan.reference_index[start:end]]
+        masks = [reference.mouth_mask(index) for index in indices]
+        eroded = np.stack(
+            [render_io.eroded_input(reference.crop(i), m) for i, m in zip(indices, masks, strict=True)]
+        )
+        rendered = (
+            nets.renderer(
+                torch.from_numpy(eroded)[None].to(device),
+                shapes[None, start:end].to(device),
+                audio_features[None, start:end].to(device),
+            )[0]
+            .float()
+            .cpu()
+            .numpy()
         )
         for offset in range(keep_from - start, keep_to - start):
-            image = images[offset]
             if paste:
-                weights = paste_mask(masks[offset])
-                image = paste_back(
-                    reference.full_frame(int(indices[offset])), image, bundle.crop_box, weights
-                )
-            yield image
+                weights = render_io.paste_weights(masks[offset])
+                full = reference.full_frame(indices[offset])
+                yield render_io.paste_rendered(full, rendered[offset], bundle.crop_box, weights, ai_mark)
+            else:
+                image = render_io.to_image(rendered[offset])
+                yield apply_ai_mark(image) if ai_mark else image
         if progress is not None:
             progress(keep_to - keep_from)

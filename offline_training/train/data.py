@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeVar, cast
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 import torch
 from torch import Tensor
 
-from engines.geometry.layouts import anchors_for
-from engines.geometry.raster import rasterize_face_shape
+from engines import render_io
 from offline_training.dataset import AvatarDataset
-from offline_training.train.erosion import ErosionSettings, augment_mask, erode, noisy_mouth_params
+from offline_training.train.erosion import ErosionSettings, augment_mask, noisy_mouth_params
 
 MOUTH_WEIGHT = 2.0
 
@@ -43,32 +40,6 @@ class RendererBatch:
         return RendererBatch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
 
 
-ArrayT = TypeVar("ArrayT", bound=np.generic)
-
-
-def _resize(image: npt.NDArray[ArrayT], size: int, nearest: bool = False) -> npt.NDArray[ArrayT]:
-    if image.shape[0] == size:
-        return image
-    flags = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR)
-    return cast(
-        npt.NDArray[ArrayT],
-        np.asarray(
-            cv2.resize(
-                np.asarray(image, dtype=np.float32)
-                if image.dtype != np.uint8
-                else np.asarray(image, dtype=np.uint8),
-                (size, size),
-                interpolation=flags,
-            ),
-            dtype=image.dtype,
-        ),
-    )
-
-
-def _to_signed(frame: npt.NDArray[np.uint8]) -> Tensor:
-    return torch.from_numpy(frame).permute(2, 0, 1).float() / 127.5 - 1.0
-
-
 class RendererSamples:
     """Draws renderer training sequences (with augmented erosion) or fixed validation sequences."""
 
@@ -89,13 +60,13 @@ class RendererSamples:
         self.starts = dataset.sequence_starts(length, indices)
         if len(self.starts) == 0:
             raise ValueError(f"no run of {length} consecutive frames with a face in this split")
-        model = dataset.face_model
-        self._model = model
-        self._anchors = anchors_for(model.layout)
-        self._mouth_std = np.maximum(model.mouth_std, 1e-6)
+        self._model = dataset.face_model
+        self._mouth_std = np.maximum(self._model.mouth_std, 1e-6)
         self._params = dataset.mouth_params
         self._upper = dataset.upper_params
         self._pose = dataset.pose
+        self._landmarks = dataset.landmarks
+        self._box = dataset.crop_box
         self._features = dataset.all_audio_features
         self._per = dataset.manifest.audio_features.frames_per_video_frame
         self._source = dataset.source_frame_index
@@ -103,58 +74,44 @@ class RendererSamples:
     def __len__(self) -> int:
         return len(self.starts)
 
-    def _noisy_shapes(
-        self, frames: npt.NDArray[np.int64], rng: np.random.Generator
-    ) -> list[npt.NDArray[np.float32]]:
-        params = noisy_mouth_params(self._params[frames], self._model.mouth_std, rng, self.erosion)
-        posed = self._pose.select(frames).apply(self._model.shapes(params, self._upper[frames]))
-        box = self.dataset.crop_box
-        return [
-            rasterize_face_shape(
-                box.to_crop_points(points, self.size),
-                self._model.triangles,
-                self._model.vertex_code,
-                self._anchors.inner_lip_ring,
-                self.size,
-            )
-            for points in posed
-        ]
+    def _face_shapes(self, frames: npt.NDArray[np.int64], mouth_params: npt.NDArray[np.float32]) -> Tensor:
+        """(T, 4, S, S) face shapes of the given frames with the given raw mouth parameters (T, Em)."""
+        shapes = render_io.face_shapes(
+            self._model, self._box, self.size, self._pose.select(frames), mouth_params, self._upper[frames]
+        )
+        return torch.from_numpy(shapes)
 
     def sample(self, start: int, rng: np.random.Generator | None) -> RendererBatch:
-        """One sequence starting at kept frame ``start`` (batch dimension 1)."""
+        """One sequence starting at kept frame ``start`` (batch dimension 1).
+
+        Its inputs are built exactly as streaming builds them (:mod:`engines.render_io`): the crop
+        resized to the renderer's size, the erosion mask from the frame's landmarks, the face shape
+        rasterised from the mouth parameters — disturbed by augmented erosion when ``rng`` is given.
+        """
         frames = np.arange(start, start + self.length)
-        augmenting = self.augment and rng is not None
-        noisy = None
-        if augmenting and rng is not None and rng.uniform() < self.erosion.param_noise_probability:
-            noisy = self._noisy_shapes(frames, rng)
-        eroded, shapes, target, weights, audio = [], [], [], [], []
-        for position, index in enumerate(frames):
-            frame = _resize(self.dataset.frame(int(index)), self.size)
-            mask = _resize(self.dataset.mouth_mask(int(index)), self.size, nearest=True)
+        mouth_params = self._params[frames]
+        if rng is not None and self.augment and rng.uniform() < self.erosion.param_noise_probability:
+            mouth_params = noisy_mouth_params(mouth_params, self._model.mouth_std, rng, self.erosion)
+        eroded, target, weights, audio = [], [], [], []
+        for index in frames.tolist():
+            frame = render_io.fit_crop(self.dataset.frame(index), self.size)
+            mask = render_io.crop_mouth_mask(self._landmarks[index], self._box, self._model, self.size)
             blank = mask
-            if augmenting and rng is not None and rng.uniform() < self.erosion.mask_probability:
+            if rng is not None and self.augment and rng.uniform() < self.erosion.mask_probability:
                 blank = augment_mask(mask, rng, self.erosion)
-            shape = (
-                noisy[position]
-                if noisy is not None
-                else _resize(self.dataset.face_shape(int(index)), self.size)
-            )
-            eroded.append(_to_signed(erode(frame, blank)))
-            target.append(_to_signed(frame))
-            shapes.append(torch.from_numpy(np.ascontiguousarray(shape)).permute(2, 0, 1).float())
-            weights.append(torch.from_numpy(np.where(mask > 0, MOUTH_WEIGHT, 1.0).astype(np.float32))[None])
+            eroded.append(render_io.eroded_input(frame, blank))
+            target.append(render_io.to_signed(frame))
+            weights.append(np.where(mask > 0, MOUTH_WEIGHT, 1.0).astype(np.float32)[None])
             source = int(self._source[index])
-            audio.append(
-                torch.from_numpy(self._features[source * self._per : (source + 1) * self._per].reshape(-1))
-            )
+            audio.append(self._features[source * self._per : (source + 1) * self._per].reshape(-1))
         params = torch.from_numpy(self._params[frames] / self._mouth_std)
         return RendererBatch(
-            eroded=torch.stack(eroded)[None],
-            shapes=torch.stack(shapes)[None],
-            audio=torch.stack(audio)[None],
+            eroded=torch.from_numpy(np.stack(eroded))[None],
+            shapes=self._face_shapes(frames, mouth_params)[None],
+            audio=torch.from_numpy(np.stack(audio))[None],
             params=params[None],
-            target=torch.stack(target)[None],
-            weights=torch.stack(weights)[None],
+            target=torch.from_numpy(np.stack(target))[None],
+            weights=torch.from_numpy(np.stack(weights))[None],
         )
 
     def batch(self, size: int, rng: np.random.Generator) -> RendererBatch:

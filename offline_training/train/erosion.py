@@ -69,9 +69,3 @@ def augment_mask(
     warped = cv2.warpAffine(out, matrix, (size, size), flags=cv2.INTER_NEAREST, borderValue=(0,))
     return np.where(np.asarray(warped) >= 128, 255, 0).astype(np.uint8)
 
-
-def erode(frame: npt.NDArray[np.uint8], mask: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
-    """Blank (set to mid grey) the masked region of an (S, S, 3) frame."""
-    out = frame.copy()
-    out[mask > 0] = 127
-    return out

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from engines import render_io
 from engines.bundle import AvatarNetworks, build_networks
 from engines.errors import InputError, OutputError
 from engines.nets import PRESETS, ModelConfig
@@ -485,9 +486,8 @@ def _expression_loss(prediction: Tensor, target: Tensor, weights: Tensor) -> Ten
 
 
 def _to_image(tensor: Tensor) -> np.ndarray[Any, Any]:
-    return np.clip((tensor.detach().float().cpu().permute(1, 2, 0).numpy() + 1) * 127.5, 0, 255).astype(
-        np.uint8
-    )
+    """(3, S, S) tensor in [-1, 1] → (S, S, 3) uint8 image."""
+    return render_io.to_image(tensor.detach().float().cpu().numpy())
 
 
 def _sample_row(batch: RendererBatch, shapes: Tensor, rendered: Tensor, index: int) -> np.ndarray[Any, Any]:
