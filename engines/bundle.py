@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -33,12 +34,12 @@ from safetensors.torch import save_file as save_torch
 import engines
 from engines.audio.features import FeatureStats
 from engines.errors import InputError
-from engines.files import sha256_file
+from engines.files import atomic_output, sha256_file
 from engines.geometry.crop import CropBox
 from engines.geometry.face_model import FaceModel
-from engines.geometry.masks import mouth_mask
 from engines.geometry.pose import HeadPose
-from engines.nets import AdaptiveSmoothing, AudioToExpression, ModelConfig, Renderer
+from engines.nets import AdaptiveSmoothing, AudioToExpression, AudioToExpressionConfig, ModelConfig, Renderer
+from engines.render_io import crop_mouth_mask
 
 BUNDLE_FORMAT = 1
 MANIFEST = "avatar.json"
@@ -88,7 +89,7 @@ def build_networks(config: ModelConfig) -> AvatarNetworks:
     return AvatarNetworks(
         audio2expression=AudioToExpression(config.audio),
         renderer=Renderer(config.renderer),
-        smoothing=AdaptiveSmoothing(config.smoothing, config.audio.mouth_dims),
+        smoothing=AdaptiveSmoothing(config.smoothing, config.audio.mouth_dims, config.audio.lookahead_frames),
     )
 
 
@@ -129,8 +130,7 @@ class ReferenceFrames:
 
     def mouth_mask(self, index: int) -> npt.NDArray[np.uint8]:
         """(S, S) uint8 erosion mask of reference frame ``index``, 255 inside."""
-        points = self.box.to_crop_points(self.landmarks[index], self.size)
-        return mouth_mask(points, self.face_model.mouth_region, self.size)
+        return crop_mouth_mask(self.landmarks[index], self.box, self.face_model, self.size)
 
     def ping_pong(self, count: int, start: int = 0) -> npt.NDArray[np.int64]:
         """Reference indices for ``count`` output frames, playing forwards then backwards (no jump cuts)."""
@@ -229,12 +229,35 @@ def read_manifest(root: Path) -> BundleManifest:
             f"{root}: avatar format {found!r}, this version of stableface reads format {BUNDLE_FORMAT}; "
             "train or convert the avatar with a matching version"
         )
+    _single_lookahead(raw, path)
     try:
         return BundleManifest.model_validate(raw)
     except ValidationError as exc:
         raise InputError(
             f"{path}: invalid ({exc.error_count()} errors, first: {exc.errors()[0]['msg']})"
         ) from exc
+
+
+def _single_lookahead(raw: dict[str, Any], path: Path) -> None:
+    """Format 1 may repeat the look-ahead as ``model.smoothing.lookahead_frames``; it must equal
+    ``model.audio.lookahead_frames``, the one the networks use, and is dropped here.
+
+    Raises:
+        InputError: the two disagree.
+    """
+    model = raw.get("model")
+    if not isinstance(model, dict):
+        return
+    smoothing, audio = model.get("smoothing"), model.get("audio", {})
+    if not isinstance(smoothing, dict) or "lookahead_frames" not in smoothing or not isinstance(audio, dict):
+        return
+    repeated = smoothing.pop("lookahead_frames")
+    used = audio.get("lookahead_frames", AudioToExpressionConfig().lookahead_frames)
+    if repeated != used:
+        raise InputError(
+            f"{path}: model.smoothing.lookahead_frames {repeated!r} differs from the audio model's "
+            f"look-ahead {used!r}"
+        )
 
 
 def save_networks(root: Path, networks: AvatarNetworks) -> None:
@@ -266,5 +289,6 @@ def write_manifest(root: Path, fields: dict[str, object]) -> BundleManifest:
             "files": files,
         }
     )
-    (root / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
+    with atomic_output(root / MANIFEST) as partial:
+        partial.write_text(manifest.model_dump_json(indent=2) + "\n")
     return manifest

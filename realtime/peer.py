@@ -15,7 +15,6 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
@@ -27,6 +26,7 @@ from realtime.engine import AvatarEngine
 from realtime.metrics import ServerMetrics
 from realtime.rtp_buffers import use_prompt_jitter_buffers
 from realtime.session import StreamingSession
+from realtime.settings import PeerTimeouts
 from realtime.webrtc_tracks import AvatarVideoTrack, DelayedAudioTrack, audio_frame_samples
 
 logger = logging.getLogger(__name__)
@@ -36,24 +36,6 @@ STATS_INTERVAL_S = 1.0
 WATCHDOG_INTERVAL_S = 0.25
 FIRST_AUDIO_WAIT_S = 3.0  # after connecting, start the avatar even if no audio has come yet
 MAX_MESSAGE_BYTES = 4096
-
-
-@dataclass(frozen=True)
-class PeerTimeouts:
-    """When a call is given up.
-
-    Attributes:
-        connect_s: from the answer until ICE and DTLS are up.
-        disconnected_s: how long a ``disconnected`` connection may take to recover.
-        media_s: how long a connected peer may send no audio at all (browsers keep sending
-            packets while muted) before it counts as vanished; ICE consent alone takes 30 s.
-        max_session_s: longest call (0: no limit).
-    """
-
-    connect_s: float = 20.0
-    disconnected_s: float = 5.0
-    media_s: float = 10.0
-    max_session_s: float = 0.0
 
 
 def check_offer(sdp: str, kind: str) -> None:
@@ -108,7 +90,7 @@ class PeerSession:
         self._on_closed = on_closed
         self.pc = RTCPeerConnection(configuration)
         self.session = StreamingSession(
-            engine, realtime=True, on_stage_ms=lambda stage, ms: metrics.stage_ms.labels(stage).observe(ms)
+            engine, paced=True, on_stage_ms=lambda stage, ms: metrics.stage_ms.labels(stage).observe(ms)
         )
         self.video = AvatarVideoTrack()
         self.audio = DelayedAudioTrack()

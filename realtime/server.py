@@ -17,12 +17,10 @@ import asyncio
 import hmac
 import json
 import logging
-import re
 import signal
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,38 +30,15 @@ from aiortc import RTCConfiguration, RTCIceServer
 from engines.errors import InputError
 from realtime.avatars import AvatarCatalog
 from realtime.metrics import ServerMetrics
-from realtime.peer import PeerSession, PeerTimeouts
+from realtime.peer import PeerSession
+from realtime.settings import ICE_URL, ServerSettings
 
 logger = logging.getLogger(__name__)
 
 WEB_CLIENT_DIR = Path(__file__).resolve().parents[1] / "web_client"
 MAX_BODY_BYTES = 64 * 1024  # an SDP offer is a few kB
-ICE_URL = re.compile(r"^(stun|stuns|turn|turns):(?:(?P<user>[^:@/]+):(?P<secret>[^@/]+)@)?(?P<rest>[^@\s]+)$")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@dataclass
-class ServerSettings:
-    """How ``stableface serve`` runs.
-
-    Attributes:
-        host, port: where to listen.
-        max_sessions: concurrent calls; more get HTTP 503.
-        token: bearer token for ``/offer`` and ``/metrics`` (None: open).
-        ice_servers: STUN/TURN URLs, ``turn:USER:SECRET@host:port`` for credentials.
-        cert, key: TLS certificate and key files (both or neither).
-        timeouts: when calls are given up.
-    """
-
-    host: str = "127.0.0.1"
-    port: int = 8080
-    max_sessions: int = 4
-    token: str | None = None
-    ice_servers: list[str] = field(default_factory=list)
-    cert: Path | None = None
-    key: Path | None = None
-    timeouts: PeerTimeouts = field(default_factory=PeerTimeouts)
 
 
 def parse_ice_server(url: str) -> RTCIceServer:
@@ -246,11 +221,9 @@ class AvatarServer:
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """TLS from ``cert``/``key`` (browsers allow the microphone only on https or localhost)."""
-        cert, key = self.settings.cert, self.settings.key
-        if cert is None and key is None:
-            return None
+        cert, key = self.settings.cert_file, self.settings.key_file
         if cert is None or key is None:
-            raise InputError("--cert and --key go together")
+            return None
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         try:
             context.load_cert_chain(cert, key)
@@ -271,7 +244,7 @@ class AvatarServer:
                 f"cannot listen on {self.settings.host}:{self.settings.port}: {exc.strerror}"
             ) from None
         if self.settings.port == 0:  # an ephemeral port: record the one chosen
-            self.settings.port = int(runner.addresses[0][1])
+            self.settings = self.settings.model_copy(update={"port": int(runner.addresses[0][1])})
         return runner
 
     async def serve_until_stopped(self, ready: Callable[[str], None] | None = None) -> None:
@@ -291,5 +264,5 @@ class AvatarServer:
 
     @property
     def url(self) -> str:
-        scheme = "https" if self.settings.cert else "http"
+        scheme = "https" if self.settings.cert_file else "http"
         return f"{scheme}://{self.settings.host}:{self.settings.port}/"

@@ -1,16 +1,19 @@
-"""Settings of a streaming session, validated, with units in the field names."""
+"""Settings of a streaming session and of the server, validated, with units in the field names."""
 
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SAMPLE_RATE_HZ = 16_000
-FPS = 25
-SAMPLES_PER_FRAME = SAMPLE_RATE_HZ // FPS
-FRAME_MS = 1000 / FPS
-FEATURE_MARGIN_MS = 7.5  # a frame's last log-mel window reaches 7.5 ms past the frame's end
+from engines.audio.features import LogMelConfig
+from engines.timebase import FRAME_MS
+
+# A frame's last log-mel window reaches this far past the frame's end (7.5 ms).
+FEATURE_MARGIN_MS = LogMelConfig().lead_ms
+ICE_URL = re.compile(r"^(stun|stuns|turn|turns):(?:(?P<user>[^:@/]+):(?P<secret>[^@/]+)@)?(?P<rest>[^@\s]+)$")
 
 
 class StreamSettings(BaseModel):
@@ -27,7 +30,6 @@ class StreamSettings(BaseModel):
         gate_attack_frames, gate_release_frames: how fast the mouth follows speech onsets and
             closes after speech (frames of the gate's first-order ramp).
         normalisation_time_s: time constant of the running log-mel statistics (voiced frames only).
-        max_skip_run_frames: frames a session may repeat in a row before it resynchronises.
         ai_mark: draw the "AI-generated" mark on every frame (``engines.ai_mark``).
         audio_lead_ms: how far ahead of its frame the delayed audio is sent. The Opus send path
             delays sound behind the lips (aiortc's resampler holds one 20 ms frame, libopus looks
@@ -47,7 +49,6 @@ class StreamSettings(BaseModel):
     gate_attack_frames: float = Field(1.5, gt=0)
     gate_release_frames: float = Field(4.0, gt=0)
     normalisation_time_s: float = Field(20.0, gt=0)
-    max_skip_run_frames: int = Field(25, ge=1)
     audio_lead_ms: float = Field(30.0, ge=0, le=80)
     ai_mark: bool = True
 
@@ -62,3 +63,60 @@ def output_delay_frames(chunk_frames: int, lookahead_frames: int, compute_allowa
     """
     delay_ms = (chunk_frames + lookahead_frames) * FRAME_MS + FEATURE_MARGIN_MS + compute_allowance_ms
     return math.ceil(delay_ms / FRAME_MS - 1e-9)
+
+
+class PeerTimeouts(BaseModel):
+    """When a call is given up.
+
+    Attributes:
+        connect_s: from the answer until ICE and DTLS are up.
+        disconnected_s: how long a ``disconnected`` connection may take to recover.
+        media_s: how long a connected peer may send no audio at all (browsers keep sending
+            packets while muted) before it counts as vanished; ICE consent alone takes 30 s.
+        max_session_s: longest call (0: no limit).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    connect_s: float = Field(20.0, gt=0)
+    disconnected_s: float = Field(5.0, gt=0)
+    media_s: float = Field(10.0, gt=0)
+    max_session_s: float = Field(0.0, ge=0)
+
+
+class ServerSettings(BaseModel):
+    """How ``stableface serve`` runs.
+
+    Attributes:
+        host, port: where to listen (port 0: any free port).
+        max_sessions: concurrent calls; more get HTTP 503.
+        token: bearer token for ``/offer`` and ``/metrics`` (None: open).
+        ice_servers: STUN/TURN URLs, ``turn:USER:SECRET@host:port`` for credentials.
+        cert_file, key_file: TLS certificate and private key, PEM (both or neither).
+        timeouts: when calls are given up.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field("127.0.0.1", min_length=1)
+    port: int = Field(8080, ge=0, le=65535)
+    max_sessions: int = Field(4, ge=1)
+    token: str | None = Field(None, min_length=1)
+    ice_servers: tuple[str, ...] = ()
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    timeouts: PeerTimeouts = PeerTimeouts()
+
+    @field_validator("ice_servers")
+    @classmethod
+    def _ice_urls(cls, urls: tuple[str, ...]) -> tuple[str, ...]:
+        for url in urls:
+            if ICE_URL.match(url) is None:
+                raise ValueError(f"{url!r}: expected stun:HOST[:PORT] or turn:[USER:SECRET@]HOST[:PORT]")
+        return urls
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("the TLS certificate and key go together")
+        return self

@@ -19,7 +19,8 @@ import numpy as np
 import numpy.typing as npt
 
 from engines.errors import MissingDependencyError, OutputError
-from realtime.settings import FPS
+from engines.files import partial_path
+from engines.timebase import FPS
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class Y4MSink:
             self._out: BinaryIO = sys.stdout.buffer
         else:
             self._final = Path(target)
-            self._partial = self._final.with_name(f".{self._final.name}.partial")
+            self._partial = partial_path(self._final)
             try:
                 self._out = self._partial.open("wb")
             except OSError as exc:

@@ -11,12 +11,14 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from engines.errors import StableFaceError
-from stableface.argtypes import PRESET_NAMES, positive_float, positive_int
+from offline_training.dataset.settings import PrepareSettings
+from offline_training.train.settings import TrainSettings
+from stableface.argtypes import PRESET_NAMES, default_of, positive_float, positive_int, validated
 from stableface.bench_command import add_bench_parser
 from stableface.build_default_command import add_build_default_parser
 from stableface.eval_command import add_eval_parsers
@@ -25,7 +27,6 @@ from stableface.live_commands import NO_AI_MARK_HELP, add_live_parser, add_serve
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
-    from pydantic import BaseModel
 
     from engines.bundle import AvatarBundle
 
@@ -36,13 +37,12 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 Handler = Callable[[argparse.Namespace], int]
-SettingsT = TypeVar("SettingsT", bound="BaseModel")
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from offline_training.dataset.builder import PrepareSettings, manifest_summary, prepare_dataset
+    from offline_training.dataset.builder import manifest_summary, prepare_dataset
 
-    settings = _validated(
+    settings = validated(
         PrepareSettings,
         video=args.video,
         out=args.out,
@@ -71,23 +71,10 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _validated(model: type[SettingsT], **values: object) -> SettingsT:
-    """Build a pydantic settings object, turning a validation failure into a one-line error."""
-    from pydantic import ValidationError
-
-    try:
-        return model(**values)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise StableFaceError(f"invalid {where}: {first['msg']}") from exc
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
-    from offline_training.train.settings import TrainSettings
     from offline_training.train.trainer import Trainer
 
-    settings = _validated(
+    settings = validated(
         TrainSettings,
         dataset=args.dataset,
         out=args.out,
@@ -132,6 +119,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from engines.bundle import AvatarBundle
+    from engines.files import atomic_output
     from engines.media.decode import load_audio
     from engines.media.encode import write_mp4
     from engines.offline_render import render_frames
@@ -149,19 +137,19 @@ def _cmd_render(args: argparse.Namespace) -> int:
         if args.crop_only:
             raise StableFaceError("--crop-only is for the offline path; --causal renders full frames")
         return _render_causal(args, bundle, audio, frames)
-    partial = args.out.with_name(f".{args.out.stem}.partial{args.out.suffix}")
-    try:
-        with tqdm(total=frames, desc="render", unit="frame", disable=args.quiet, leave=False) as bar:
-            count = write_mp4(
-                partial,
-                _marked(render_frames(bundle, audio, paste=not args.crop_only, progress=bar.update), args),
-                bundle.manifest.fps,
-                audio,
-                bundle.manifest.sample_rate_hz,
-            )
-        partial.replace(args.out)
-    finally:
-        partial.unlink(missing_ok=True)
+    with (
+        atomic_output(args.out) as partial,
+        tqdm(total=frames, desc="render", unit="frame", disable=args.quiet, leave=False) as bar,
+    ):
+        count = write_mp4(
+            partial,
+            render_frames(
+                bundle, audio, paste=not args.crop_only, progress=bar.update, ai_mark=not args.no_ai_mark
+            ),
+            bundle.manifest.fps,
+            audio,
+            bundle.manifest.sample_rate_hz,
+        )
     print(f"video: {args.out} ({count} frames, {count / bundle.manifest.fps:.2f} s, with audio)")
     return 0
 
@@ -173,7 +161,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from engines.backends.parity import max_differences
     from engines.bundle import AvatarBundle
 
-    if args.backend == "onnx" and args.precision != "fp32":
+    if args.backend != "tensorrt" and args.precision != "fp32":
         raise StableFaceError(
             "ONNX exports are fp32 (the portable form); fp16 is TensorRT's build precision: "
             "use --backend tensorrt --precision fp16"
@@ -181,13 +169,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     bundle = AvatarBundle.load(args.avatar)
     shape = StreamShape.for_config(bundle.config, args.chunk, args.past, args.max_batch)
     folder = onnx_export_dir(bundle.root, shape)
-    if args.backend == "onnx" and folder.exists() and not args.overwrite:
+    if args.backend != "tensorrt" and folder.exists() and not args.overwrite:
         manifest = read_export(folder)
         if manifest.shape != shape.to_dict():
             raise StableFaceError(f"{folder}: exists with other shapes; pass --overwrite to replace it")
         ensure_onnx_export(bundle.networks, shape, folder)
         print(f"onnx export: {folder} (up to date)")
-    elif args.backend == "onnx":
+    elif args.backend != "tensorrt":
         export_onnx(bundle.networks, shape, folder, overwrite=args.overwrite)
         print(f"onnx export: {folder}")
     else:
@@ -211,38 +199,29 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _marked(
-    images: Iterator[npt.NDArray[np.uint8]], args: argparse.Namespace
-) -> Iterator[npt.NDArray[np.uint8]]:
-    """The images with the "AI-generated" mark unless --no-ai-mark."""
-    from engines.ai_mark import apply_ai_mark
-
-    for image in images:
-        yield image if args.no_ai_mark else apply_ai_mark(image)
-
-
 def _render_causal(args: argparse.Namespace, bundle: AvatarBundle, audio: FloatArray, frames: int) -> int:
     from tqdm import tqdm
 
     from engines.backends import StreamShape, load_backend
+    from engines.files import atomic_output
     from engines.media.encode import write_mp4
     from realtime.engine import AvatarEngine
-    from realtime.offline import stream_file
+    from realtime.file_stream import stream_file
     from realtime.settings import StreamSettings
 
     settings = StreamSettings(chunk_frames=args.chunk, ai_mark=not args.no_ai_mark)
     shape = StreamShape.for_config(bundle.config, chunk_frames=args.chunk)
     engine = AvatarEngine(bundle, load_backend(bundle, args.backend, shape), settings)
-    partial = args.out.with_name(f".{args.out.stem}.partial{args.out.suffix}")
     try:
-        with tqdm(total=frames, desc="render (causal)", unit="frame", disable=args.quiet, leave=False) as bar:
+        with (
+            atomic_output(args.out) as partial,
+            tqdm(total=frames, desc="render (causal)", unit="frame", disable=args.quiet, leave=False) as bar,
+        ):
             images = (
                 frame.image for frame in stream_file(engine, audio, bar.update) if frame.image is not None
             )
             count = write_mp4(partial, images, bundle.manifest.fps, audio, bundle.manifest.sample_rate_hz)
-        partial.replace(args.out)
     finally:
-        partial.unlink(missing_ok=True)
         engine.close()
     print(f"video: {args.out} ({count} frames, causal streaming path, {engine.backend.name} backend)")
     return 0
@@ -284,17 +263,30 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument(
         "--audio", type=Path, help="speech as a separate file, for videos without an audio track"
     )
-    prepare.add_argument("--size", type=positive_int, default=256, help="crop side in pixels (default 256)")
+    prepare.add_argument(
+        "--size",
+        type=positive_int,
+        default=default_of(PrepareSettings, "render_size"),
+        help="crop side in pixels (default %(default)s)",
+    )
     prepare.add_argument(
         "--tracker",
         choices=["mediapipe", "face-alignment", "onnx68"],
-        default="mediapipe",
-        help="landmark tracker (default mediapipe: 478 points, needs no download)",
+        default=default_of(PrepareSettings, "tracker"),
+        help="landmark tracker (default %(default)s; mediapipe: 478 points, needs no download)",
     )
     prepare.add_argument("--tracker-model", type=Path, help="the 68-point ONNX model for --tracker onnx68")
-    prepare.add_argument("--mouth-dims", type=positive_int, default=32, help="mouth parameters (default 32)")
     prepare.add_argument(
-        "--upper-dims", type=positive_int, default=16, help="upper-face parameters (default 16)"
+        "--mouth-dims",
+        type=positive_int,
+        default=default_of(PrepareSettings, "mouth_dims"),
+        help="mouth parameters (default %(default)s)",
+    )
+    prepare.add_argument(
+        "--upper-dims",
+        type=positive_int,
+        default=default_of(PrepareSettings, "upper_dims"),
+        help="upper-face parameters (default %(default)s)",
     )
     prepare.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     prepare.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -313,14 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--preset",
         choices=PRESET_NAMES,
-        default="small",
-        help="model size (default small)",
+        default=default_of(TrainSettings, "preset"),
+        help="model size (default %(default)s)",
     )
     train.add_argument(
         "--stage",
         choices=["a2e", "renderer", "joint", "all"],
-        default="all",
-        help="what to train (default all)",
+        default=default_of(TrainSettings, "stage"),
+        help="what to train (default %(default)s)",
     )
     length = train.add_mutually_exclusive_group()
     length.add_argument(
@@ -331,18 +323,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue from the newest checkpoint in OUT/training"
     )
     train.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    train.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    train.add_argument("--batch-size", type=positive_int, default=2, help="sequences per step (default 2)")
+    train.add_argument(
+        "--device",
+        default=default_of(TrainSettings, "device"),
+        help="cpu, cuda or cuda:N (default %(default)s)",
+    )
+    train.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=default_of(TrainSettings, "batch_size"),
+        help="sequences per step (default %(default)s)",
+    )
     train.add_argument(
         "--vgg-weights", type=Path, help="VGG19 weights for the perceptual loss (.pth or .safetensors)"
     )
     train.add_argument(
-        "--val-every", type=positive_int, default=200, help="validate every N steps (default 200)"
+        "--val-every",
+        type=positive_int,
+        default=default_of(TrainSettings, "val_every"),
+        help="validate every N steps (default %(default)s)",
     )
     train.add_argument(
-        "--checkpoint-every", type=positive_int, default=500, help="checkpoint every N steps (default 500)"
+        "--checkpoint-every",
+        type=positive_int,
+        default=default_of(TrainSettings, "checkpoint_every"),
+        help="checkpoint every N steps (default %(default)s)",
     )
-    train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    train.add_argument(
+        "--seed",
+        type=int,
+        default=default_of(TrainSettings, "seed"),
+        help="random seed (default %(default)s)",
+    )
     train.add_argument(
         "--no-audio-fusion", action="store_true", help="ablation: renderer without audio fusion"
     )
@@ -392,7 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
         "and an NVIDIA GPU.",
     )
     export.add_argument("avatar", type=Path, help="avatar folder from stableface train")
-    export.add_argument("--backend", choices=["onnx", "tensorrt"], default="onnx", help="default onnx")
+    export.add_argument(
+        "--backend",
+        choices=["onnxruntime-cpu", "onnxruntime-cuda", "tensorrt"],
+        default="onnxruntime-cpu",
+        help="the backend to export for: the ONNX graphs, and for tensorrt its engines too "
+        "(default onnxruntime-cpu)",
+    )
     export.add_argument(
         "--precision", choices=["fp32", "fp16"], default="fp32", help="fp16: TensorRT only (default fp32)"
     )

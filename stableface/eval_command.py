@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from engines.errors import InputError, OutputError
-from stableface.argtypes import PRESET_NAMES, positive_float, positive_int
+from offline_training.train.settings import TrainSettings
+from stableface.argtypes import PRESET_NAMES, default_of, positive_float, positive_int
 
 TRACKER_HELP = (
     "landmark tracker: face-alignment (68 points, the paper's; downloads its weights once), onnx68 "
@@ -50,12 +51,26 @@ def add_eval_parsers(sub: Any) -> None:
     )
     ablate.add_argument("dataset", type=Path, help="dataset folder from stableface prepare")
     ablate.add_argument("--out", type=Path, required=True, help="output folder (models, renders, table)")
-    ablate.add_argument("--preset", choices=PRESET_NAMES, default="small", help="model size (default small)")
+    ablate.add_argument(
+        "--preset",
+        choices=PRESET_NAMES,
+        default=default_of(TrainSettings, "preset"),
+        help="model size (default %(default)s)",
+    )
     length = ablate.add_mutually_exclusive_group()
     length.add_argument("--steps", type=positive_int, help="optimiser steps per training stage")
     length.add_argument("--epochs", type=positive_float, help="passes over the training data per stage")
-    ablate.add_argument("--batch-size", type=positive_int, default=2, help="sequences per step (default 2)")
-    ablate.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    ablate.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=default_of(TrainSettings, "batch_size"),
+        help="sequences per step (default %(default)s)",
+    )
+    ablate.add_argument(
+        "--device",
+        default=default_of(TrainSettings, "device"),
+        help="cpu, cuda or cuda:N (default %(default)s)",
+    )
     ablate.add_argument(
         "--seeds", type=int, nargs="+", default=[0], help="train every variant once per seed (default 0)"
     )

@@ -7,13 +7,11 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from engines.errors import InputError
-from stableface.argtypes import positive_float, positive_int
-
-if TYPE_CHECKING:
-    from realtime.settings import StreamSettings
+from realtime.settings import PeerTimeouts, ServerSettings, StreamSettings
+from stableface.argtypes import default_of, positive_float, positive_int, validated
 
 BACKEND_HELP = "inference backend: auto, onnxruntime-cpu, onnxruntime-cuda, torch-cpu, torch-cuda, tensorrt"
 ALLOWANCE_HELP = (
@@ -45,13 +43,27 @@ def add_serve_parser(sub: Any) -> None:
         help="an avatar bundle to serve; repeat for several (clients choose by NAME); default: the "
         "bundled default avatar",
     )
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8080, help="port (default 8080, 0: any free port)")
+    serve.add_argument(
+        "--host",
+        default=default_of(ServerSettings, "host"),
+        help="address to listen on (default %(default)s)",
+    )
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=default_of(ServerSettings, "port"),
+        help="port (default %(default)s, 0: any free port)",
+    )
     serve.add_argument("--backend", default="auto", help=BACKEND_HELP + " (default auto)")
     serve.add_argument("--chunk", type=positive_int, help=CHUNK_HELP)
     serve.add_argument("--compute-allowance-ms", type=positive_float, help=ALLOWANCE_HELP)
     serve.add_argument("--no-ai-mark", action="store_true", help=NO_AI_MARK_HELP)
-    serve.add_argument("--max-sessions", type=positive_int, default=4, help="concurrent calls (default 4)")
+    serve.add_argument(
+        "--max-sessions",
+        type=positive_int,
+        default=default_of(ServerSettings, "max_sessions"),
+        help="concurrent calls (default %(default)s)",
+    )
     serve.add_argument("--token", help="require this bearer token for /offer and /metrics")
     serve.add_argument(
         "--cert", type=Path, help="TLS certificate (PEM); browsers need https beyond localhost"
@@ -103,8 +115,6 @@ def add_live_parser(sub: Any) -> None:
 def stream_settings(args: argparse.Namespace) -> StreamSettings:
     """``--chunk``, ``--compute-allowance-ms`` and ``--no-ai-mark`` as stream settings (unset ones
     keep their defaults)."""
-    from realtime.settings import StreamSettings
-
     given = {"chunk_frames": args.chunk, "compute_allowance_ms": args.compute_allowance_ms}
     chosen = {key: value for key, value in given.items() if value is not None}
     return StreamSettings(**chosen, ai_mark=not args.no_ai_mark)
@@ -112,26 +122,20 @@ def stream_settings(args: argparse.Namespace) -> StreamSettings:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from realtime.avatars import AvatarCatalog, AvatarSpec
-    from realtime.peer import PeerTimeouts
-    from realtime.server import AvatarServer, ServerSettings, parse_ice_server
+    from realtime.server import AvatarServer
 
-    for url in args.ice_server:
-        parse_ice_server(url)  # fail before loading models
-    if (args.cert is None) != (args.key is None):
-        raise InputError("--cert and --key go together")
-    if not 0 <= args.port <= 65535:
-        raise InputError(f"--port {args.port}: must be 0..65535")
-    specs = [AvatarSpec.parse(text) for text in (args.avatar or ["default"])]
-    settings = ServerSettings(
+    settings = validated(  # before any model is loaded
+        ServerSettings,
         host=args.host,
         port=args.port,
         max_sessions=args.max_sessions,
         token=args.token,
-        ice_servers=args.ice_server,
-        cert=args.cert,
-        key=args.key,
+        ice_servers=tuple(args.ice_server),
+        cert_file=args.cert,
+        key_file=args.key,
         timeouts=PeerTimeouts(max_session_s=60 * (args.max_session_minutes or 0)),
     )
+    specs = [AvatarSpec.parse(text) for text in (args.avatar or ["default"])]
     catalog = AvatarCatalog.load(specs, args.backend, stream_settings(args))
     try:
         server = AvatarServer(catalog, settings)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
+from engines.bundle import DEFAULT_AVATAR_DIR, MANIFEST, read_manifest
+from engines.errors import InputError
 from engines.nets import PRESETS, AdaptiveSmoothing, AudioToExpression, Renderer
 from engines.nets.attention import block_causal_mask, lookahead_mask
 from engines.nets.config import RendererConfig
@@ -43,7 +48,7 @@ def test_audio_to_expression_shapes_and_lookahead() -> None:
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_smoothing_weights_sum_to_one_and_shapes_keep_their_size(causal: bool) -> None:
-    smoothing = AdaptiveSmoothing(TINY.smoothing, 32).eval()
+    smoothing = AdaptiveSmoothing(TINY.smoothing, 32, TINY.audio.lookahead_frames).eval()
     params = torch.randn(2, 12, 32)
     weights = smoothing.weights(params, causal)
     assert weights.shape == (2, 12, TINY.smoothing.width)
@@ -54,8 +59,8 @@ def test_smoothing_weights_sum_to_one_and_shapes_keep_their_size(causal: bool) -
 
 
 def test_causal_smoothing_never_looks_past_the_lookahead() -> None:
-    smoothing = AdaptiveSmoothing(TINY.smoothing, 32).eval()
-    lookahead = TINY.smoothing.lookahead_frames
+    smoothing = AdaptiveSmoothing(TINY.smoothing, 32, TINY.audio.lookahead_frames).eval()
+    lookahead = TINY.audio.lookahead_frames
     params, shapes = torch.randn(1, 16, 32), torch.rand(1, 16, 4, 8, 8)
     base = smoothing(shapes, params, causal=True)
     params2, shapes2 = params.clone(), shapes.clone()
@@ -70,7 +75,7 @@ def test_causal_smoothing_never_looks_past_the_lookahead() -> None:
 
 
 def test_smoothing_starts_near_identity_when_asked() -> None:
-    smoothing = AdaptiveSmoothing(TINY.smoothing, 32).eval()
+    smoothing = AdaptiveSmoothing(TINY.smoothing, 32, TINY.audio.lookahead_frames).eval()
     smoothing.set_form_preference(causal=False)
     weights = smoothing.weights(torch.randn(1, 8, 32))
     assert (weights[..., TINY.smoothing.width // 2] > 0.8).all()
@@ -89,6 +94,7 @@ def test_renderer_shapes_and_output_range() -> None:
 def test_block_causal_renderer_keeps_earlier_chunks_fixed() -> None:
     renderer = Renderer(TINY.renderer).eval()
     # The dependency module starts as an identity (zero-initialised output): make it matter.
+    assert renderer.dependency is not None
     for parameter in renderer.dependency.unembed.parameters():
         torch.nn.init.normal_(parameter, std=0.05)
     size, frames, chunk = TINY.renderer.image_size, 6, 2
@@ -136,3 +142,15 @@ def test_presets_build_with_the_documented_sizes(preset: str) -> None:
     if preset == "paper":
         assert (config.image_size, channels, config.patch_grid, config.token_dim) == (256, 256, 4, 512)
         assert renderer.dependency.embed.in_features == 16 * 16 * 256
+
+
+def test_bundle_manifest_may_repeat_the_lookahead_only_when_it_agrees(tmp_path: Path) -> None:
+    manifest = json.loads((DEFAULT_AVATAR_DIR / MANIFEST).read_text())
+    lookahead = manifest["model"]["audio"]["lookahead_frames"]
+    manifest["model"]["smoothing"]["lookahead_frames"] = lookahead
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    assert read_manifest(tmp_path).model.audio.lookahead_frames == lookahead
+    manifest["model"]["smoothing"]["lookahead_frames"] = lookahead + 1
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="lookahead_frames"):
+        read_manifest(tmp_path)

@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engines.errors import InputError
+from engines.timebase import FPS, SAMPLE_RATE_HZ
 
 FloatArray = npt.NDArray[np.float32]
 LOG_FLOOR = 1e-6
@@ -31,7 +32,7 @@ STD_FLOOR = 1e-3
 class LogMelConfig:
     """Parameters of the log-mel analysis."""
 
-    sample_rate_hz: int = 16_000
+    sample_rate_hz: int = SAMPLE_RATE_HZ
     n_mels: int = 80
     win_ms: float = 25.0
     hop_ms: float = 10.0
@@ -51,6 +52,12 @@ class LogMelConfig:
     def lead_samples(self) -> int:
         """Samples a window reaches before the start of its hop block (120 at the defaults)."""
         return (self.win_samples - self.hop_samples) // 2
+
+    @property
+    def lead_ms(self) -> float:
+        """How far a window reaches past either end of its hop block, (win - hop) / 2 (7.5 ms at the
+        defaults): the last window of a video frame needs this much audio after the frame's end."""
+        return 1000.0 * self.lead_samples / self.sample_rate_hz
 
     def frames_per_video_frame(self, fps: float) -> int:
         """Feature frames per video frame (4 at 25 fps).
@@ -154,7 +161,7 @@ def log_mel(audio: npt.ArrayLike, cfg: LogMelConfig = LogMelConfig()) -> FloatAr
 
 
 def log_mel_for_video(
-    audio: npt.ArrayLike, num_frames: int, fps: float = 25.0, cfg: LogMelConfig = LogMelConfig()
+    audio: npt.ArrayLike, num_frames: int, fps: float = FPS, cfg: LogMelConfig = LogMelConfig()
 ) -> FloatArray:
     """Features aligned to video frames: rows ``4t .. 4t+3`` belong to frame ``t`` at 25 fps.
 
@@ -218,10 +225,6 @@ class StreamingLogMel:
         self._buffer = np.zeros(cfg.lead_samples, dtype=np.float32)
         self._emitted = 0
         self._seen = 0
-
-    @property
-    def frames_emitted(self) -> int:
-        return self._emitted
 
     def push(self, audio: npt.ArrayLike) -> FloatArray:
         """Add samples; returns the (k, n_mels) frames whose windows are now complete."""

@@ -14,8 +14,6 @@ import copy
 import hashlib
 import io
 import logging
-import os
-import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +30,7 @@ from engines.backends.graphs import CausalSmoothingWeights, Expressions, Rendere
 from engines.backends.tensorrt_ops import TENSORRT_ONNX_OPS, TENSORRT_OPSET_RANGE
 from engines.bundle import AvatarNetworks
 from engines.errors import InputError, OutputError
-from engines.files import sha256_file
+from engines.files import atomic_directory, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -210,13 +208,7 @@ def export_onnx(
     """
     if out.exists() and not overwrite:
         raise OutputError(f"{out}: exists (use --overwrite to replace it)")
-    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
-    try:
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-    except OSError as exc:
-        raise OutputError(f"{out.parent}: cannot write the export ({exc.strerror})") from exc
-    try:
+    with atomic_directory(out, replace=True) as partial:
         graphs: dict[str, GraphInfo] = {}
         for name, (module, inputs) in _graph_modules(networks, shape).items():
             path = partial / GRAPH_FILES[name]
@@ -242,12 +234,6 @@ def export_onnx(
             graphs=graphs,
         )
         (partial / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        partial.rename(out)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     return manifest
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import torch
 from engines.backends.base import BackendBase, ChunkInput, ChunkOutput, FloatArray, StreamShape
 from engines.backends.onnx_export import ExportManifest, read_export
 from engines.errors import InputError, MissingDependencyError, OutputError
+from engines.files import atomic_output
 
 logger = logging.getLogger(__name__)
 
@@ -159,8 +159,6 @@ class TensorRTBackend(BackendBase):
         device: the CUDA device.
     """
 
-    name = "tensorrt"
-
     def __init__(
         self,
         export_dir: Path,
@@ -170,7 +168,7 @@ class TensorRTBackend(BackendBase):
         device: str = "cuda",
     ) -> None:
         manifest: ExportManifest = read_export(export_dir)
-        super().__init__(manifest.stream_shape)
+        super().__init__("tensorrt", manifest.stream_shape)
         if precision not in ("fp16", "fp32"):
             raise InputError(f"tensorrt precision {precision!r}: use fp16 or fp32")
         trt = import_tensorrt()
@@ -193,7 +191,7 @@ class TensorRTBackend(BackendBase):
                     "building the TensorRT engine of %s (%s); cached as %s", name, precision, plan_path
                 )
                 plan = build_engine(trt, export_dir / graph.file, self.shape, precision, workspace_mb)
-                _write_atomically(plan_path, plan)
+                _cache_plan(plan_path, plan)
             self.plans[name] = plan_path
             with torch.cuda.device(self.device):
                 self._engines[name] = _Engine(trt, runtime, plan, self.device)
@@ -228,11 +226,10 @@ class TensorRTBackend(BackendBase):
         super().close()
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def _cache_plan(path: Path, plan: bytes) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-        partial.write_bytes(data)
-        partial.replace(path)
     except OSError as exc:
         raise OutputError(f"{path.parent}: cannot cache the TensorRT engine ({exc.strerror})") from exc
+    with atomic_output(path) as partial:
+        partial.write_bytes(plan)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -20,11 +19,9 @@ import numpy as np
 import numpy.typing as npt
 
 from engines.errors import InputError
+from engines.timebase import FPS, SAMPLE_RATE_HZ
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_FPS = 25.0
-DEFAULT_SAMPLE_RATE_HZ = 16_000
 
 
 @dataclass(frozen=True)
@@ -88,7 +85,7 @@ def probe_media(path: str | Path) -> MediaInfo:
         )
 
 
-def iter_video_frames(path: str | Path, fps: float = DEFAULT_FPS) -> Iterator[npt.NDArray[np.uint8]]:
+def iter_video_frames(path: str | Path, fps: float = FPS) -> Iterator[npt.NDArray[np.uint8]]:
     """Decode the first video stream as RGB frames resampled to ``fps``.
 
     Args:
@@ -152,7 +149,7 @@ def _resample_frames(
             next_index += 1
 
 
-def load_audio(path: str | Path, sample_rate_hz: int = DEFAULT_SAMPLE_RATE_HZ) -> npt.NDArray[np.float32]:
+def load_audio(path: str | Path, sample_rate_hz: int = SAMPLE_RATE_HZ) -> npt.NDArray[np.float32]:
     """Decode the first audio stream as mono float32 at ``sample_rate_hz``.
 
     Args:
@@ -184,8 +181,3 @@ def load_audio(path: str | Path, sample_rate_hz: int = DEFAULT_SAMPLE_RATE_HZ) -
     if not pieces:
         raise InputError(f"{path}: the audio track holds no decodable sample")
     return np.concatenate(pieces)
-
-
-def video_time_base(fps: float) -> Fraction:
-    """The time base that makes one tick one frame at ``fps``."""
-    return Fraction(1, 1) / Fraction(fps).limit_denominator(1001)

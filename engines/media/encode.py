@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engines.errors import OutputError
+from engines.timebase import SAMPLE_RATE_HZ
 
 AAC_FRAME_SAMPLES = 1024
 
@@ -22,7 +23,7 @@ def write_mp4(
     frames: Iterable[npt.NDArray[np.uint8]],
     fps: float,
     audio: npt.NDArray[np.float32] | None = None,
-    sample_rate_hz: int = 16_000,
+    sample_rate_hz: int = SAMPLE_RATE_HZ,
     crf: int = 18,
 ) -> int:
     """Encode frames (and optionally mono audio) into an MP4 file.
@@ -87,10 +88,11 @@ def _write_audio(
     container.mux(stream.encode(None))
 
 
-def write_wav(path: str | Path, audio: npt.NDArray[np.float32], sample_rate_hz: int = 16_000) -> None:
+def write_wav(path: str | Path, audio: npt.NDArray[np.float32], sample_rate_hz: int = SAMPLE_RATE_HZ) -> None:
     """Write (S,) float32 mono samples in [-1, 1] as a 16-bit PCM WAV file."""
     pcm = np.clip(np.round(audio * 32767.0), -32768, 32767).astype("<i2")
-    with wave.open(str(path), "wb") as handle:
+    # the file is opened first: wave.open on a bad path leaves an object that complains when collected
+    with open(path, "wb") as file, wave.open(file, "wb") as handle:
         handle.setnchannels(1)
         handle.setsampwidth(2)
         handle.setframerate(sample_rate_hz)

@@ -30,7 +30,8 @@ class AudioToExpressionConfig(_Config):
         n_mels: audio feature bands.
         features_per_frame: audio feature rows per video frame (4 at 25 fps, 10 ms hop).
         d_model, layers, heads: transformer size.
-        lookahead_frames: L, how many future video frames a frame may attend to (80 ms at L = 2).
+        lookahead_frames: L, how many future video frames a frame may attend to (80 ms at L = 2);
+            the one look-ahead of the avatar: the causal smoothing and the live stream use it too.
         mouth_dims: Em, output parameters.
         dropout: dropout probability in training.
     """
@@ -52,13 +53,13 @@ class SmoothingConfig(_Config):
         width: K, frames mixed per output frame (odd).
         channels: hidden widths of the four Conv1D-BN-ReLU layers.
         kernel_size: temporal kernel of every layer.
-        lookahead_frames: the causal form's look-ahead (the audio model's L).
+
+    The causal form looks ahead as far as the audio model (``AudioToExpressionConfig.lookahead_frames``).
     """
 
     width: int = Field(5, ge=1)
     channels: tuple[int, int, int, int] = (32, 32, 16, 16)
     kernel_size: int = 3
-    lookahead_frames: int = Field(2, ge=0)
 
 
 class RendererConfig(_Config):
@@ -93,7 +94,7 @@ class RendererConfig(_Config):
 
 
 class StreamingConfig(_Config):
-    """How the networks run on a live stream (DESIGN.md section 5); the backends' fixed shapes.
+    """How the networks run on a live stream; the backends' fixed shapes.
 
     Attributes:
         chunk_frames: C, new frames rendered per call; 2 keeps the `small` avatar's output delay
@@ -164,7 +165,6 @@ PRESETS: dict[str, ModelConfig] = {
     "mini": ModelConfig(
         preset="mini",
         audio=AudioToExpressionConfig(d_model=96, layers=3, heads=4, lookahead_frames=0),
-        smoothing=SmoothingConfig(lookahead_frames=0),
         renderer=RendererConfig(
             image_size=128,
             base_channels=8,

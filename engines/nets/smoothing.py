@@ -42,13 +42,20 @@ class _Conv(nn.Module):
 
 
 class AdaptiveSmoothing(nn.Module):
-    """Learns per-frame smoothing weights from mouth parameters and applies them to face shapes."""
+    """Learns per-frame smoothing weights from mouth parameters and applies them to face shapes.
 
-    def __init__(self, config: SmoothingConfig, param_dims: int) -> None:
+    ``lookahead_frames`` is the causal form's L, the audio model's look-ahead
+    (``AudioToExpressionConfig.lookahead_frames``): the frames after t that are known when t is shown.
+    """
+
+    def __init__(self, config: SmoothingConfig, param_dims: int, lookahead_frames: int) -> None:
         super().__init__()
         if config.width % 2 == 0:
             raise ValueError(f"smoothing width K must be odd, got {config.width}")
+        if lookahead_frames < 0:
+            raise ValueError(f"look-ahead must be >= 0 frames, got {lookahead_frames}")
         self.config = config
+        self.lookahead_frames = lookahead_frames
         widths = (param_dims, *config.channels)
         self.layers = nn.ModuleList(
             _Conv(a, b, config.kernel_size, norm=True) for a, b in itertools.pairwise(widths)
@@ -68,7 +75,7 @@ class AdaptiveSmoothing(nn.Module):
 
     def set_form_preference(self, causal: bool) -> None:
         """Bias the initial weights towards frame t for the given form (call before training)."""
-        k, lookahead = self.config.width, self.config.lookahead_frames
+        k, lookahead = self.config.width, self.lookahead_frames
         centre = (k - 1) // 2 if not causal else k - 1 - min(lookahead, k - 1)
         with torch.no_grad():
             self._head_bias().fill_(-INITIAL_PREFERENCE)
@@ -78,7 +85,7 @@ class AdaptiveSmoothing(nn.Module):
         """Frame offsets of the K taps: centred -(K-1)/2..(K-1)/2, causal L-K+1..L."""
         k = self.config.width
         if causal:
-            last = self.config.lookahead_frames
+            last = self.lookahead_frames
             return list(range(last - k + 1, last + 1))
         return list(range(-(k - 1) // 2, (k - 1) // 2 + 1))
 
@@ -88,11 +95,11 @@ class AdaptiveSmoothing(nn.Module):
         for layer in self.layers:
             x = layer(x, causal)
         raw = torch.sigmoid(self.head(x, causal)).transpose(1, 2)
-        if causal and self.config.lookahead_frames:
+        if causal and self.lookahead_frames:
             # The weights of frame t are computed at t + L, which has seen frames up to t + L.
             frames = raw.shape[1]
             index = torch.clamp(
-                torch.arange(frames, device=raw.device) + self.config.lookahead_frames, max=frames - 1
+                torch.arange(frames, device=raw.device) + self.lookahead_frames, max=frames - 1
             )
             raw = raw[:, index]
         return raw / raw.sum(-1, keepdim=True).clamp_min(1e-6)

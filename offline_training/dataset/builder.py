@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,23 +21,22 @@ from pathlib import Path
 import cv2
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field
 from safetensors.numpy import save_file
 from tqdm import tqdm
 
 import engines
+from engines import render_io
 from engines.audio.features import LogMelConfig, log_mel_for_video, normalise, utterance_stats
 from engines.errors import InputError, OutputError
-from engines.files import sha256_file
+from engines.files import atomic_directory, sha256_file
 from engines.geometry.crop import CropBox, crop_box_from_landmarks
 from engines.geometry.face_model import FaceModelFit, fit_face_model
-from engines.geometry.layouts import anchors_for
-from engines.geometry.masks import mouth_mask
-from engines.geometry.raster import face_shape_to_uint8, rasterize_face_shape
+from engines.geometry.raster import face_shape_to_uint8
 from engines.geometry.trackers import create_tracker
 from engines.geometry.trackers.base import LandmarkTracker
 from engines.media.decode import MediaInfo, iter_video_frames, load_audio, probe_media
 from engines.media.encode import write_wav
+from engines.timebase import FPS, SAMPLE_RATE_HZ
 from offline_training.dataset.manifest import (
     SCHEMA_VERSION,
     AudioFeatureInfo,
@@ -49,34 +46,12 @@ from offline_training.dataset.manifest import (
     TrackerInfo,
     TrimInfo,
 )
+from offline_training.dataset.settings import PrepareSettings
 
 logger = logging.getLogger(__name__)
 
-FPS = 25.0
-SAMPLE_RATE_HZ = 16_000
 PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1]
 JPEG_FULL = [cv2.IMWRITE_JPEG_QUALITY, 92]
-
-
-class PrepareSettings(BaseModel):
-    """Validated options of ``stableface prepare``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    video: Path
-    out: Path
-    audio: Path | None = None
-    render_size: int = Field(256, ge=32, le=2048)
-    tracker: str = "mediapipe"
-    tracker_model: Path | None = None
-    overwrite: bool = False
-    mouth_dims: int = Field(32, ge=1, le=256)
-    upper_dims: int = Field(16, ge=1, le=256)
-    crop_margin: float = Field(0.4, ge=0.0, le=2.0)
-    min_face_fraction: float = Field(0.9, gt=0.0, le=1.0)
-    max_av_mismatch_s: float = Field(0.25, ge=0.0)
-    min_duration_s: float = Field(2.0, gt=0.0)
-    show_progress: bool = True
 
 
 @dataclass
@@ -198,8 +173,10 @@ def prepare_dataset(settings: PrepareSettings) -> PrepareReport:
             std=[float(x) for x in stats.std],
         ),
     )
-    with _staging_folder(settings.out) as staging:
-        _write_images(settings, staging, kept, fit, landmarks[kept], box, layout.name, watch)
+    with atomic_directory(settings.out, replace=settings.overwrite) as staging:
+        for sub in ("frames", "shapes", "masks", "full"):
+            (staging / sub).mkdir()
+        _write_images(settings, staging, kept, fit, landmarks[kept], box, watch)
         with watch.stage("write_arrays"):
             fit.model.save(staging / "face_model.safetensors")
             save_file(
@@ -217,7 +194,6 @@ def prepare_dataset(settings: PrepareSettings) -> PrepareReport:
             )
             write_wav(staging / "audio.wav", audio, SAMPLE_RATE_HZ)
             (staging / "manifest.json").write_text(manifest.model_dump_json(indent=2) + "\n")
-        _publish(staging, settings.out, settings.overwrite)
     logger.info("dataset written to %s (%d frames)", settings.out, len(kept))
     return PrepareReport(
         out=settings.out, manifest=manifest, stage_seconds=watch.seconds, stage_samples_s=watch.samples
@@ -232,37 +208,6 @@ def _check_destination(out: Path, overwrite: bool) -> None:
     parent = out.parent if str(out.parent) else Path(".")
     if parent.exists() and not parent.is_dir():
         raise OutputError(f"{parent}: is not a folder")
-
-
-@contextmanager
-def _staging_folder(out: Path) -> Iterator[Path]:
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    try:
-        staging.parent.mkdir(parents=True, exist_ok=True)
-        if staging.exists():
-            shutil.rmtree(staging)
-        for sub in ("frames", "shapes", "masks", "full"):
-            (staging / sub).mkdir(parents=True)
-    except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise OutputError(f"{out}: cannot write there ({exc.strerror or exc})") from exc
-    try:
-        yield staging
-    except OSError as exc:
-        raise OutputError(f"{out}: writing the dataset failed ({exc.strerror or exc})") from exc
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _publish(staging: Path, out: Path, overwrite: bool) -> None:
-    """Move the finished folder into place; an old one is replaced only once the new one is whole."""
-    if out.exists() and overwrite:
-        retired = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(retired)
-        staging.rename(out)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        staging.rename(out)
 
 
 def _track_video(
@@ -348,14 +293,11 @@ def _write_images(
     fit: FaceModelFit,
     landmarks: npt.NDArray[np.float32],
     box: CropBox,
-    layout_name: str,
     watch: _Stopwatch,
 ) -> None:
     """Second pass over the video: crops, face shapes and mouth masks of the kept frames."""
     size = settings.render_size
-    anchors = anchors_for(layout_name)
     model = fit.model
-    shapes = fit.pose.apply(model.shapes(fit.mouth_params, fit.upper_params))
     wanted = {int(source): position for position, source in enumerate(kept)}
     pending: list[Future[bool]] = []
     bar = tqdm(total=len(kept), desc="render", unit="frame", disable=not settings.show_progress, leave=False)
@@ -373,14 +315,14 @@ def _write_images(
             with watch.stage("crop"):
                 crop = box.crop(frame, size)
             with watch.stage("face_shape"):
-                points = box.to_crop_points(shapes[position], size)
-                shape_image = face_shape_to_uint8(
-                    rasterize_face_shape(
-                        points, model.triangles, model.vertex_code, anchors.inner_lip_ring, size
-                    )
-                )
+                one = slice(position, position + 1)
+                pose = fit.pose.select(np.arange(position, position + 1))
+                shape = render_io.face_shapes(
+                    model, box, size, pose, fit.mouth_params[one], fit.upper_params[one]
+                )[0]
+                shape_image = face_shape_to_uint8(shape.transpose(1, 2, 0))
             with watch.stage("mouth_mask"):
-                mask = mouth_mask(box.to_crop_points(landmarks[position], size), model.mouth_region, size)
+                mask = render_io.crop_mouth_mask(landmarks[position], box, model, size)
             with watch.stage("write_images"):
                 pending.append(
                     writer.submit(cv2.imwrite, str(staging / "frames" / name), crop[..., ::-1], PNG_FAST)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from engines.audio.features import FeatureStats, log_mel_for_video, normalise, utterance_stats
 from engines.nets import AudioToExpression
-from offline_training.default_avatar.speech_corpus import Utterance, make_utterance
+from offline_training.default_avatar.speech_corpus import make_utterance
 
 logger = logging.getLogger(__name__)
 FloatArray = npt.NDArray[np.float32]
@@ -163,8 +163,3 @@ def train_on_corpus(
         recent = [*recent, float(loss.detach())][-100:]
     model.eval()
     return float(np.mean(recent))
-
-
-def utterance_for_check(seed: int, seconds: float) -> Utterance:
-    """A held-out utterance (seeds far from any corpus seed)."""
-    return make_utterance(10_000_000 + seed, seconds)

@@ -11,7 +11,8 @@
    export of its live streaming shapes (so that the first ``serve`` does not spend seconds
    exporting), replacing ``out`` only once everything is written.
 
-No file outside the project and its dependencies is read: nothing from ``../shared/data``.
+No file outside the project and its dependencies is read: no recording of anyone, and none of the
+real clips the tests use.
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ from safetensors.torch import save_file
 
 from engines.bundle import MANIFEST, WEIGHT_FILES, read_manifest, write_manifest
 from engines.errors import OutputError
+from engines.files import atomic_directory
 from engines.nets import AudioToExpression
 from offline_training.dataset import AvatarDataset
-from offline_training.dataset.builder import PrepareSettings, prepare_dataset
+from offline_training.dataset.builder import prepare_dataset
+from offline_training.dataset.settings import PrepareSettings
 from offline_training.default_avatar.corpus_a2e import (
     Corpus,
     CorpusSettings,
@@ -143,13 +146,13 @@ def build_default_avatar(out: Path, recipe: DefaultAvatarRecipe, show_progress: 
         ).run()
         started = _timed(seconds, "train_renderer", started)
         dataset = AvatarDataset.open(work / "dataset")
-        explained, loss = _train_audio_model(avatar, dataset, clip.mouth_opening, recipe, show_progress)
+        explained, loss = _train_audio_model(avatar, dataset, clip.drawn_opening, recipe, show_progress)
         started = _timed(seconds, "train_audio", started)
         _write_provenance(avatar, recipe)
         if recipe.export_onnx:
             _export_onnx(avatar)
             started = _timed(seconds, "export_onnx", started)
-        _replace(out, avatar, work)
+        _replace(out, avatar)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     size = sum(path.stat().st_size for path in out.rglob("*") if path.is_file())
@@ -239,14 +242,9 @@ def _export_onnx(avatar: Path) -> None:
     ensure_onnx_export(bundle.networks, shape, onnx_export_dir(avatar, shape))
 
 
-def _replace(out: Path, avatar: Path, work: Path) -> None:
+def _replace(out: Path, avatar: Path) -> None:
     """Move the finished bundle's files to ``out``; the old ``out`` goes only after they are in."""
-    staging = work / "bundle"
-    staging.mkdir()
-    for entry in (*BUNDLE_ENTRIES, PROVENANCE, ONNX_EXPORTS):
-        if (avatar / entry).exists():
-            (avatar / entry).rename(staging / entry)
-    previous = work / "previous"
-    if out.exists():
-        out.rename(previous)
-    staging.rename(out)
+    with atomic_directory(out, replace=True) as staging:
+        for entry in (*BUNDLE_ENTRIES, PROVENANCE, ONNX_EXPORTS):
+            if (avatar / entry).exists():
+                (avatar / entry).rename(staging / entry)

@@ -17,11 +17,10 @@ import numpy as np
 import numpy.typing as npt
 from scipy.signal import butter, fftconvolve, lfilter, resample_poly
 
+from engines.timebase import FPS, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
 from offline_training.synthetic.speech import synthesize_speech
 
 FloatArray = npt.NDArray[np.float32]
-SAMPLE_RATE_HZ = 16_000
-FPS = 25.0
 
 
 @dataclass(frozen=True)
@@ -122,7 +121,7 @@ def make_utterance(seed: int, seconds: float) -> Utterance:
     """
     rng = np.random.default_rng([seed, 9_041])
     frames = int(seconds * FPS)
-    total = frames * SAMPLE_RATE_HZ // int(FPS)
+    total = frames * SAMPLES_PER_FRAME
     audio, opening = _voice(seed, total / SAMPLE_RATE_HZ, rng)
     active = opening > 0.05
     if rng.uniform() < 0.4:

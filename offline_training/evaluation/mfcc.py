@@ -22,9 +22,10 @@ import numpy as np
 import numpy.typing as npt
 from scipy.fft import dct
 
+from engines.timebase import SAMPLE_RATE_HZ
+
 FloatArray = npt.NDArray[np.float64]
 
-SAMPLE_RATE_HZ = 16000
 WINDOW_S = 0.025
 STEP_S = 0.01
 NUM_CEPSTRA = 13

@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
-from engines.errors import OutputError
+from engines.files import atomic_directory
 from engines.media.encode import write_mp4
+from engines.timebase import SAMPLE_RATE_HZ
 
 ImageRGB = npt.NDArray[np.uint8]
 MIN_SIDE = 256
@@ -43,7 +42,7 @@ def write_mos_kit(
     real: ImageRGB,
     speech: npt.NDArray[np.float32],
     fps: float,
-    sample_rate_hz: int = 16_000,
+    sample_rate_hz: int = SAMPLE_RATE_HZ,
 ) -> Path:
     """Write the kit into ``folder`` (replaced whole; it appears only when complete).
 
@@ -54,10 +53,8 @@ def write_mos_kit(
         fps: frame rate.
     """
     rng = np.random.default_rng(KIT_SEED)
-    staging = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        (staging / "clips").mkdir(parents=True)
+    with atomic_directory(folder, replace=True) as staging:
+        (staging / "clips").mkdir()
         (staging / "pairs").mkdir()
         sources = {**renders, REAL: real}
         names = list(sources)
@@ -91,12 +88,6 @@ def write_mos_kit(
             [[row[1]] + [""] * (len(QUESTIONS) + 1) for row in order_rows],
         )
         (staging / "README.md").write_text(_readme(len(names), len(key_rows) - len(names)))
-        shutil.rmtree(folder, ignore_errors=True)
-        staging.replace(folder)
-    except OSError as exc:
-        raise OutputError(f"{folder}: cannot write the study kit: {exc.strerror or exc}") from exc
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from engines.errors import InputError
+from engines.timebase import FPS, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
 from offline_training.evaluation.mfcc import mfcc
 
 logger = logging.getLogger(__name__)
@@ -42,9 +43,6 @@ logger = logging.getLogger(__name__)
 FloatArray = npt.NDArray[np.float32]
 VideoRGB = npt.NDArray[np.uint8]
 
-VIDEO_FPS = 25
-AUDIO_RATE_HZ = 16000
-SAMPLES_PER_FRAME = AUDIO_RATE_HZ // VIDEO_FPS  # 640
 MFCC_PER_FRAME = 4  # 100 MFCC frames a second over 25 video frames a second
 WINDOW_FRAMES = 5
 WINDOW_MFCC = 20
@@ -292,20 +290,20 @@ def _check_inputs(frames: VideoRGB, audio: FloatArray) -> int:
     count = frames.shape[0]
     if count < MIN_FRAMES:
         raise InputError(
-            f"SyncNet needs at least {MIN_FRAMES} frames ({MIN_FRAMES / VIDEO_FPS:.2f} s at 25 fps), "
+            f"SyncNet needs at least {MIN_FRAMES} frames ({MIN_FRAMES / FPS:.2f} s at 25 fps), "
             f"got {count}"
         )
     audio_frames = len(audio) // SAMPLES_PER_FRAME
     if audio_frames < count - AUDIO_SHORTFALL_FRAMES:
         raise InputError(
-            f"SyncNet audio ({len(audio) / AUDIO_RATE_HZ:.3f} s) is shorter than the video "
-            f"({count / VIDEO_FPS:.3f} s at 25 fps); give 16 kHz audio covering every frame"
+            f"SyncNet audio ({len(audio) / SAMPLE_RATE_HZ:.3f} s) is shorter than the video "
+            f"({count / FPS:.3f} s at 25 fps); give 16 kHz audio covering every frame"
         )
     if len(audio) != count * SAMPLES_PER_FRAME:
         logger.warning(
             "audio (%.4f s) and video (%.4f s) lengths differ; using the first %d frames",
-            len(audio) / AUDIO_RATE_HZ,
-            count / VIDEO_FPS,
+            len(audio) / SAMPLE_RATE_HZ,
+            count / FPS,
             min(count, audio_frames),
         )
     used = min(count, audio_frames)
@@ -335,7 +333,7 @@ def syncnet_mfcc(audio: FloatArray) -> Tensor:
     from an int16 wav file; M is 100 frames a second.
     """
     samples = np.clip(np.round(np.asarray(audio, np.float64) * INT16_SCALE), -INT16_SCALE, INT16_SCALE - 1)
-    return torch.from_numpy(mfcc(samples, AUDIO_RATE_HZ).T.astype(np.float32))
+    return torch.from_numpy(mfcc(samples, SAMPLE_RATE_HZ).T.astype(np.float32))
 
 
 def lse_scores(

@@ -22,14 +22,13 @@ from engines.av_sync import av_sync, speech_envelope_db
 from engines.errors import InputError
 from engines.geometry.trackers import LandmarkTracker
 from engines.media.decode import iter_video_frames, load_audio, probe_media
+from engines.timebase import FPS, SAMPLE_RATE_HZ
 from offline_training.evaluation.image_metrics import nlmd, ssim
-from offline_training.evaluation.mouth_tracks import opening_from_points
+from offline_training.evaluation.mouth_tracks import lip_gap_from_points
 from offline_training.evaluation.msi import MSI_SIZE, NormalisedTracks, track_normalised
 from offline_training.evaluation.sharpness import cpbd
 from offline_training.evaluation.slices import side_by_side, slice_panel, write_png
 
-SAMPLE_RATE_HZ = 16_000
-SYNCNET_FPS = 25.0
 CPBD_FRAMES = 100
 
 ImageRGB = npt.NDArray[np.uint8]
@@ -189,7 +188,7 @@ def evaluate_video(
 
         if speech is None:
             raise InputError("LSE-C/LSE-D need speech: pass --audio, or a video with a sound track")
-        if abs(footage.fps - SYNCNET_FPS) > 0.01:
+        if abs(footage.fps - FPS) > 0.01:
             raise InputError(f"{video}: LSE-C/LSE-D need 25 fps video (SyncNet's); it is {footage.fps:g}")
         syncnet = (str(syncnet_weights), load_syncnet(syncnet_weights))
     return evaluate_footage(footage, tracker, truth, speech, speech_name, syncnet, slices, progress)
@@ -243,7 +242,7 @@ def evaluate_footage(
         report.audio = speech_name or "speech"
         try:
             offset = av_sync(
-                opening_from_points(tracks.points, tracks.layout),
+                lip_gap_from_points(tracks.points, tracks.layout),
                 speech_envelope_db(speech, SAMPLE_RATE_HZ, fps, frames=frames),
                 fps,
             )
@@ -323,7 +322,7 @@ def _syncnet(
     """LSE-C/LSE-D on the normalised face crops (SyncNet expects 25 fps video)."""
     from offline_training.evaluation.syncnet import lse_scores
 
-    if abs(footage.fps - SYNCNET_FPS) > 0.01:
+    if abs(footage.fps - FPS) > 0.01:
         raise InputError(
             f"{footage.name}: LSE-C/LSE-D need 25 fps video (SyncNet's rate); it is {footage.fps:g}"
         )

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from engines.files import atomic_output
 from engines.media.encode import write_mp4, write_wav
+from engines.timebase import FPS, SAMPLE_RATE_HZ
 from offline_training.synthetic.face_animation import (
     astronaut,
     frame_from_portrait,
@@ -16,8 +18,6 @@ from offline_training.synthetic.face_animation import (
     open_mouth,
 )
 from offline_training.synthetic.speech import synthesize_speech
-
-SAMPLE_RATE_HZ = 16_000
 
 
 @dataclass(frozen=True)
@@ -27,19 +27,20 @@ class SyntheticClip:
     Attributes:
         frames: (T, H, W, 3) uint8 RGB.
         audio: (S,) float32 mono at ``sample_rate_hz``, S = T / fps seconds.
-        mouth_opening: (T,) float32 in [0, 1], the opening each frame shows.
+        drawn_opening: (T,) float32 in [0, 1], how far the generator opened each frame's mouth
+            (0 closed, 1 wide open).
         fps: frame rate.
         sample_rate_hz: audio rate.
     """
 
     frames: npt.NDArray[np.uint8]
     audio: npt.NDArray[np.float32]
-    mouth_opening: npt.NDArray[np.float32]
+    drawn_opening: npt.NDArray[np.float32]
     fps: float
     sample_rate_hz: int
 
 
-def generate_talking_face(seed: int, duration_s: float, size: int = 256, fps: float = 25.0) -> SyntheticClip:
+def generate_talking_face(seed: int, duration_s: float, size: int = 256, fps: float = FPS) -> SyntheticClip:
     """Make a clip deterministically from ``seed``.
 
     Args:
@@ -63,7 +64,7 @@ def generate_talking_face(seed: int, duration_s: float, size: int = 256, fps: fl
         ]
     )
     return SyntheticClip(
-        frames=frames, audio=speech.audio, mouth_opening=opening, fps=fps, sample_rate_hz=SAMPLE_RATE_HZ
+        frames=frames, audio=speech.audio, drawn_opening=opening, fps=fps, sample_rate_hz=SAMPLE_RATE_HZ
     )
 
 
@@ -73,9 +74,10 @@ def write_talking_face(path: str | Path, clip: SyntheticClip, audio_path: str | 
     Raises:
         OutputError: the video cannot be written.
     """
-    path = Path(path)
     if audio_path is None:
-        write_mp4(path, clip.frames, clip.fps, clip.audio, clip.sample_rate_hz)
-    else:
-        write_mp4(path, clip.frames, clip.fps)
-        write_wav(Path(audio_path), clip.audio, clip.sample_rate_hz)
+        with atomic_output(Path(path)) as partial:
+            write_mp4(partial, clip.frames, clip.fps, clip.audio, clip.sample_rate_hz)
+        return
+    with atomic_output(Path(path)) as partial, atomic_output(Path(audio_path)) as audio_partial:
+        write_mp4(partial, clip.frames, clip.fps)
+        write_wav(audio_partial, clip.audio, clip.sample_rate_hz)

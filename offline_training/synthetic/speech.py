@@ -14,6 +14,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy.signal import butter, lfilter
 
+from engines.timebase import SAMPLE_RATE_HZ
+
 FloatArray = npt.NDArray[np.float32]
 
 # (F1, F2, F3) in Hz and how open the mouth is for each vowel.
@@ -71,7 +73,7 @@ def _envelope(length: int, rate: int, attack_s: float, release_s: float) -> npt.
     return env
 
 
-def synthesize_speech(seed: int, duration_s: float, sample_rate_hz: int = 16_000) -> SyntheticSpeech:
+def synthesize_speech(seed: int, duration_s: float, sample_rate_hz: int = SAMPLE_RATE_HZ) -> SyntheticSpeech:
     """Phrases of syllables and pauses filling ``duration_s`` seconds, deterministic from ``seed``.
 
     Args:

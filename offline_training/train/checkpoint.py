@@ -8,7 +8,6 @@ No pickles.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from engines.errors import InputError
+from engines.files import atomic_output
 
 
 def save_checkpoint(
@@ -26,7 +26,7 @@ def save_checkpoint(
     optimizers: dict[str, torch.optim.Optimizer],
     meta: dict[str, Any],
 ) -> None:
-    """Write a checkpoint atomically (temporary file, then rename)."""
+    """Write a checkpoint atomically (:func:`engines.files.atomic_output`)."""
     tensors: dict[str, torch.Tensor] = {}
     groups: dict[str, Any] = {}
     for name, module in modules.items():
@@ -41,9 +41,8 @@ def save_checkpoint(
                 tensors[f"optim/{name}/{param_id}/{key}"] = tensor.detach().cpu().contiguous()
     metadata = {"meta": json.dumps(meta), "param_groups": json.dumps(groups)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    save_file(tensors, str(partial), metadata)
-    os.replace(partial, path)
+    with atomic_output(path) as partial:
+        save_file(tensors, str(partial), metadata)
 
 
 def load_checkpoint(

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import math
-import os
 import shutil
 from pathlib import Path
 
 import cv2
-import numpy as np
 from safetensors.numpy import save_file
 
+from engines import render_io
 from engines.bundle import MANIFEST, AvatarNetworks, save_networks, write_manifest
+from engines.files import remove_path, staging_directory
 from engines.nets import ModelConfig
 from offline_training.dataset import AvatarDataset
 
@@ -34,22 +34,14 @@ def export_bundle(
     ``reference_frames`` keeps only the first that many frames as the reference video the
     avatar plays (a smaller bundle); default all."""
     count = len(dataset) if reference_frames is None else min(reference_frames, len(dataset))
-    staging = out / f".bundle-partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+    with staging_directory(out / "bundle") as staging:
         _write_reference(staging, dataset, config.renderer.image_size, count)
         save_networks(staging, networks)
         shutil.copy2(dataset.root / "face_model.safetensors", staging / "face_model.safetensors")
         (out / MANIFEST).unlink(missing_ok=True)
         for entry in BUNDLE_ENTRIES:
-            target = out / entry
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-            (staging / entry).rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            remove_path(out / entry)
+            (staging / entry).rename(out / entry)
     source = dataset.manifest.source
     training: dict[str, float | int | str] = {f"steps_{stage}": count for stage, count in steps.items()}
     # JSON has no NaN: a metric that could not be measured is left out.
@@ -94,8 +86,6 @@ def _write_reference(staging: Path, dataset: AvatarDataset, size: int, count: in
         str(reference / "arrays.safetensors"),
     )
     for index in range(count):
-        crop = dataset.frame(index)
-        if crop.shape[0] != size:
-            crop = np.asarray(cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA), dtype=np.uint8)
+        crop = render_io.fit_crop(dataset.frame(index), size)
         cv2.imwrite(str(reference / "crops" / f"{index:06d}.png"), crop[..., ::-1], PNG_FAST)
         shutil.copy2(dataset.full_frame_path(index), reference / "full" / f"{index:06d}.jpg")
