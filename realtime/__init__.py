@@ -1,1 +1,1 @@
-"""The streaming pipeline and servers (issues #6 and #7). Imports only ``engines``."""
+"""The streaming pipeline and servers. Imports only ``engines``."""

@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engines.errors import InputError
-from realtime.settings import SAMPLE_RATE_HZ
+from engines.timebase import SAMPLE_RATE_HZ
 
 FloatArray = npt.NDArray[np.float32]
 MAX_CHANNELS = 8

@@ -1,12 +1,11 @@
 """One loaded avatar shared by many sessions: the bundle, one backend and its worker thread.
 
 Every computation of every session (features, networks, raster, paste-back) runs on the engine's
-worker thread(s), never on the event loop; a session's work is sequential. One worker is the
-default: the per-frame Python work (the rasteriser's many OpenCV calls, each releasing the GIL)
-slows down about fourfold when two threads compete for the GIL (measured), which costs more than
-overlapping it with the backend gains. Backend calls go through a lock, one at a time, and their
-outputs are copied before the lock is released (backends reuse their buffers), so ``workers`` > 1
-is safe.
+one worker thread, never on the event loop, so backend calls never overlap (backends reuse their
+output buffers) and a session's work is sequential. One thread, not several: the per-frame Python
+work (the rasteriser's many OpenCV calls, each releasing the GIL) slows down about fourfold when
+two threads compete for the GIL (measured), which costs more than overlapping it with the backend
+gains.
 """
 
 from __future__ import annotations
@@ -15,54 +14,48 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 from threadpoolctl import threadpool_limits
 
 from engines.avatar_frames import AvatarFrames
 from engines.backends import StreamShape, load_backend
-from engines.backends.base import Backend, ChunkInput, ChunkOutput, FloatArray
+from engines.backends.base import Backend
 from engines.bundle import AvatarBundle
-from realtime.settings import FRAME_MS, StreamSettings, output_delay_frames
+from engines.timebase import FRAME_MS
+from realtime.settings import FEATURE_MARGIN_MS, StreamSettings, output_delay_frames
 from realtime.stream import AvatarStream
 
 logger = logging.getLogger(__name__)
 
 
-class SerializedBackend:
-    """A backend shared by worker threads: one call at a time, outputs copied out under the lock."""
+class _SingleThreadedBlas:
+    """numpy's BLAS on one thread while any engine is open; the previous limits return when the last
+    engine closes (the limit is process-wide, so it is counted across engines).
 
-    def __init__(self, inner: Backend) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.shape = inner.shape
+    The per-frame products of the hot path are tiny, and BLAS threads would only wait on cores that
+    the backend's own threads keep busy (13.8 ms -> 0.03 ms for one product, measured).
+    """
+
+    def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._holders = 0
+        self._limits: threadpool_limits | None = None
 
-    def expressions(self, audio: FloatArray) -> FloatArray:
+    def acquire(self) -> None:
         with self._lock:
-            return self.inner.expressions(audio).copy()
+            if self._holders == 0:
+                self._limits = threadpool_limits(limits=1, user_api="blas")
+            self._holders += 1
 
-    def smoothing_weights(self, mouth: FloatArray) -> FloatArray:
+    def release(self) -> None:
         with self._lock:
-            return self.inner.smoothing_weights(mouth).copy()
+            self._holders -= 1
+            if self._holders == 0 and self._limits is not None:
+                self._limits.restore_original_limits()
+                self._limits = None
 
-    def run(self, chunk: ChunkInput) -> ChunkOutput:
-        with self._lock:
-            result = self.inner.run(chunk)
-            return ChunkOutput(frames=result.frames.copy(), features=result.features.copy())
 
-    def describe(self) -> dict[str, Any]:
-        return self.inner.describe()
-
-    def close(self) -> None:
-        with self._lock:
-            self.inner.close()
-
-    def __enter__(self) -> SerializedBackend:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+_BLAS = _SingleThreadedBlas()
 
 
 class AvatarEngine:
@@ -72,27 +65,23 @@ class AvatarEngine:
         bundle: the avatar.
         backend: a backend loaded for this avatar's networks.
         settings: default stream settings of its sessions.
-        workers: worker threads (default 1, see the module docstring).
+
+    While it is open, numpy's BLAS runs on one thread in this process (see ``_SingleThreadedBlas``);
+    ``close`` restores the previous limits once no other engine is open.
     """
 
     def __init__(
-        self,
-        bundle: AvatarBundle,
-        backend: Backend,
-        settings: StreamSettings | None = None,
-        workers: int | None = None,
+        self, bundle: AvatarBundle, backend: Backend, settings: StreamSettings | None = None
     ) -> None:
         self.bundle = bundle
-        self.backend = SerializedBackend(backend)
+        self.backend = backend
         self.settings = settings or StreamSettings()
-        # Process-wide: numpy's per-frame products are tiny, and BLAS threads would only wait on
-        # cores that the backend's own thread pool keeps busy.
-        threadpool_limits(limits=1, user_api="blas")
         self.frames = AvatarFrames(bundle)
         self.executor = ThreadPoolExecutor(
-            max_workers=workers or 1,
-            thread_name_prefix=f"stableface-{bundle.manifest.name}",
+            max_workers=1, thread_name_prefix=f"stableface-{bundle.manifest.name}"
         )
+        _BLAS.acquire()
+        self._closed = False
         self.lookahead_frames = bundle.config.audio.lookahead_frames
         allowance = self.settings.compute_allowance_ms
         self.compute_allowance_ms = (
@@ -124,10 +113,10 @@ class AvatarEngine:
             "lookahead_ms": self.lookahead_frames * FRAME_MS,
             "chunk_fill_ms": (chunk - 1) * FRAME_MS,
             "frame_duration_ms": FRAME_MS,
-            "feature_window_ms": 7.5,
+            "feature_window_ms": FEATURE_MARGIN_MS,
             "compute_allowance_ms": self.compute_allowance_ms,
             "rounding_to_frames_ms": self.latency_ms
-            - ((chunk + self.lookahead_frames) * FRAME_MS + 7.5 + self.compute_allowance_ms),
+            - ((chunk + self.lookahead_frames) * FRAME_MS + FEATURE_MARGIN_MS + self.compute_allowance_ms),
             "total_ms": self.latency_ms,
         }
 
@@ -138,5 +127,10 @@ class AvatarEngine:
         )
 
     def close(self) -> None:
+        """Finish the queued work, release the backend and the BLAS limit (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
         self.executor.shutdown(wait=True)
         self.backend.close()
+        _BLAS.release()

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engines.audio.features import LOG_FLOOR, FeatureStats, StreamingLogMel
-from realtime.settings import FPS, SAMPLES_PER_FRAME
+from engines.timebase import FPS, SAMPLES_PER_FRAME
 
 FloatArray = npt.NDArray[np.float32]
 ROWS_PER_FRAME = 4

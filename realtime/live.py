@@ -22,9 +22,9 @@ import numpy.typing as npt
 
 from engines.errors import InputError, MissingDependencyError
 from engines.media.decode import load_audio
+from engines.timebase import SAMPLE_RATE_HZ
 from realtime.engine import AvatarEngine
 from realtime.session import StreamingSession
-from realtime.settings import SAMPLE_RATE_HZ
 from realtime.sinks import FrameSink, SinkClosed
 
 logger = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ async def run_live(
     Ends when the input ends (a file), a sink is closed by its viewer, ``max_seconds`` pass or the
     task is cancelled (Ctrl-C); the session and the sinks are closed in every case.
     """
-    session = StreamingSession(engine, realtime=True)
+    session = StreamingSession(engine, paced=True)
     feeder = asyncio.get_running_loop().create_task(feed(session))
     ended_by = "end of input"
     try:

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from realtime.engine import AvatarEngine
-from realtime.offline import stream_file
+from realtime.file_stream import stream_file
 
 ImageRGB = npt.NDArray[np.uint8]
 FloatArray = npt.NDArray[np.float32]
@@ -44,7 +44,7 @@ class MouthProbe:
         """
         frames = [f for f in stream_file(engine, speech) if f.image is not None]
         images = np.stack([_grey(f.image) for f in frames if f.image is not None])  # (T, H, W)
-        opening = np.array([f.mouth_opening for f in frames], np.float32)
+        opening = np.array([f.inner_lip_area for f in frames], np.float32)
         opening = (opening - opening.mean()) / (opening.std() + 1e-6)
         mean, std = images.mean(0), images.std(0) + 1e-3
         corr = (((images - mean) / std) * opening[:, None, None]).mean(0)

@@ -4,7 +4,7 @@ The output timeline runs a fixed ``D`` frames behind the input: output frame ``k
 stream frame ``k - D`` and carries the input samples ``[(k - D)·640, (k - D + 1)·640)``, so audio
 and lips leave together and the audio out is the audio in, sample-exact, delayed by D·40 ms.
 
-Real-time mode (live input): output frame ``k`` is due at ``start + k·40 ms`` by the session's
+Paced (live input): output frame ``k`` is due at ``start + k·40 ms`` by the session's
 clock and is emitted then whatever happens. A frame not rendered in time is replaced by the
 newest image rendered since (a late one) or the previous image (counted as skipped); when the
 renderer is behind and a newer chunk is already waiting, it skips the older chunk. The shown
@@ -14,8 +14,8 @@ arrives later than ``input_jitter_ms`` is replaced by silence (and the late samp
 they come), input more than ``max_input_ahead_ms`` ahead is dropped: the queues are bounded in
 milliseconds.
 
-Offline mode (files, tests): no clock; every frame is rendered and frames are emitted as fast as
-the consumer takes them.
+Unpaced (files, tests): no clock; every frame is rendered and frames are emitted as fast as the
+consumer takes them.
 """
 
 from __future__ import annotations
@@ -35,17 +35,18 @@ import numpy.typing as npt
 
 from engines.ai_mark import apply_ai_mark
 from engines.errors import InputError
+from engines.timebase import FRAME_MS, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
 from realtime.audio_input import AudioInput
 from realtime.engine import AvatarEngine
 from realtime.memory import release_freed_memory
-from realtime.settings import FRAME_MS, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME, StreamSettings
+from realtime.settings import StreamSettings
 from realtime.stream import AvatarStream, StreamFrame
 
 logger = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
 ImageRGB = npt.NDArray[np.uint8]
-OFFLINE_FRAMES_AHEAD = 16
+UNPACED_FRAMES_AHEAD = 16
 RENDER_AHEAD_MS = 400.0
 
 
@@ -145,11 +146,11 @@ class _SampleLog:
 
 
 class StreamingSession:
-    """One live (or offline) stream through a shared ``AvatarEngine``.
+    """One live (or unpaced) stream through a shared ``AvatarEngine``.
 
     Args:
         engine: the loaded avatar, backend and worker thread.
-        realtime: pace output by ``clock`` and never wait for compute (live); else render every
+        paced: pace output by ``clock`` and never wait for compute (live); else render every
             frame and emit as fast as consumed (files, tests).
         settings: overrides the engine's stream settings for this session.
         clock: monotonic seconds (tests may slow or speed it).
@@ -159,13 +160,13 @@ class StreamingSession:
     def __init__(
         self,
         engine: AvatarEngine,
-        realtime: bool = True,
+        paced: bool = True,
         settings: StreamSettings | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_stage_ms: Callable[[str, float], None] | None = None,
     ) -> None:
         self.engine = engine
-        self.realtime = realtime
+        self.paced = paced
         self.settings = settings or engine.settings
         self.clock = clock
         self.on_stage_ms = on_stage_ms
@@ -217,7 +218,7 @@ class StreamingSession:
             samples = samples[dropped:]
             self._late_debt -= dropped
             self.stats.audio_dropped_ms += 1000 * dropped / SAMPLE_RATE_HZ
-        if self.realtime and self._start is not None and len(samples):
+        if self.paced and self._start is not None and len(samples):
             allowed = self._due_samples(self.settings.max_input_ahead_ms) - self._samples_in
             if len(samples) > allowed:
                 excess = len(samples) - max(allowed, 0)
@@ -267,7 +268,7 @@ class StreamingSession:
         while stream.chunk_ready():
             first = stream.next_frame + self.delay
             last = first + stream.chunk - 1
-            if self.realtime and self._start is not None:
+            if self.paced and self._start is not None:
                 now = self.clock()
                 late = now + self._compute_ms / 1000 > self.due_time(last)
                 if late and stream.chunks_ready() > 1:  # spend the compute on the newer chunk
@@ -285,7 +286,7 @@ class StreamingSession:
                 finished = self.clock()
                 self.stats.render_slack_ms.append(1000 * (self.due_time(first) - finished))
             out += frames
-            if self.realtime or len(out) >= OFFLINE_FRAMES_AHEAD:
+            if self.paced or len(out) >= UNPACED_FRAMES_AHEAD:
                 break  # live: one render per job, so the sessions on this worker take turns
         return out
 
@@ -307,7 +308,7 @@ class StreamingSession:
     async def _produce_frames(self) -> None:
         loop = asyncio.get_running_loop()
         while not self._closed:
-            if self.realtime and self._start is not None:
+            if self.paced and self._start is not None:
                 self._fill_silence()
             pending, self._pending = self._pending, []
             end = self._ended and self._stream is not None and not self._finished
@@ -318,14 +319,14 @@ class StreamingSession:
             self._consumed.set()
             stream = self._stream
             if stream is not None and stream.chunk_ready():
-                if not self.realtime and len(self._ready) >= OFFLINE_FRAMES_AHEAD:
+                if not self.paced and len(self._ready) >= UNPACED_FRAMES_AHEAD:
                     self._wake.clear()
                     await self._wake.wait()
                 continue
             if self._finished:
                 return
             self._wake.clear()
-            timeout = FRAME_MS / 1000 if self.realtime else None
+            timeout = FRAME_MS / 1000 if self.paced else None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
@@ -360,7 +361,7 @@ class StreamingSession:
             last = self._last_output_index()
             if last is not None and index > last:
                 return
-            if self.realtime:
+            if self.paced:
                 wait = self.due_time(index) - self.clock()
                 if wait > 0:
                     await asyncio.sleep(wait)
@@ -383,7 +384,7 @@ class StreamingSession:
                 previous = self.engine.frames.full_frame(0).copy()
                 if self.settings.ai_mark:
                     apply_ai_mark(previous)
-            if self.realtime and self._start is not None:
+            if self.paced and self._start is not None:
                 self._fill_silence()
             first = (index - self.delay) * SAMPLES_PER_FRAME + self._audio_lead
             audio = self._log.read(first, SAMPLES_PER_FRAME)

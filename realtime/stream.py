@@ -31,12 +31,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from engines.ai_mark import apply_ai_mark
 from engines.avatar_frames import AvatarFrames
 from engines.backends.base import Backend, ChunkInput
 from engines.bundle import AvatarBundle
+from engines.timebase import SAMPLES_PER_FRAME
 from realtime.features import FrameFeatures, FrameHistory
-from realtime.settings import SAMPLES_PER_FRAME, StreamSettings
+from realtime.settings import StreamSettings
 
 FloatArray = npt.NDArray[np.float32]
 ImageRGB = npt.NDArray[np.uint8]
@@ -55,14 +55,15 @@ class StreamFrame:
         index: frame number on the input timeline (0 = the first frame of pushed audio).
         image: (H, W, 3) uint8 RGB, or None when the chunk was skipped (show the previous one).
         reference_index: the reference frame it was played over.
-        mouth_opening: inner-lip area of the mouth geometry it renders (canonical units).
+        inner_lip_area: area inside the inner-lip ring of the mouth geometry it renders (canonical
+            units).
         voice: the voice gate, 0 (silence, closed mouth) .. 1 (speech).
     """
 
     index: int
     image: ImageRGB | None
     reference_index: int
-    mouth_opening: float
+    inner_lip_area: float
     voice: float
 
 
@@ -150,11 +151,6 @@ class AvatarStream:
         have = (self.warmup * SAMPLES_PER_FRAME) + self.samples_pushed
         self.features.push(np.zeros(max(0, needed - have), np.float32))
 
-    @property
-    def last_input_frame(self) -> int:
-        """Input-timeline index of the last frame that holds pushed audio (-1 before any)."""
-        return math.ceil(self.samples_pushed / SAMPLES_PER_FRAME) - 1
-
     # ------------------------------------------------------------------ chunks
 
     @property
@@ -204,10 +200,9 @@ class AvatarStream:
         for offset, t in enumerate(range(t0, t0 + count)):
             self._params.append(params[t])
             self._gate.append(np.array([gate[t]], np.float32))
-            image = self.frames.paste(references[offset], crops[offset]) if render else None
-            if image is not None and self.settings.ai_mark:
-                apply_ai_mark(image)
-            opening = self.frames.mouth_opening(raw[t], references[offset])
+            mark = self.settings.ai_mark
+            image = self.frames.paste(references[offset], crops[offset], mark) if render else None
+            opening = self.frames.inner_lip_area(raw[t], references[offset])
             out.append(StreamFrame(t - self.warmup, image, references[offset], opening, gate[t]))
         if render:
             self.times.add("paste", started)

@@ -18,7 +18,7 @@ import numpy.typing as npt
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
-from realtime.settings import FPS, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
+from engines.timebase import FPS, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
 
 logger = logging.getLogger(__name__)
 

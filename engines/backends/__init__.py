@@ -1,5 +1,5 @@
 """Inference backends: one protocol (``Backend``), implementations for torch, ONNX Runtime and
-TensorRT, the ONNX export they share, and ``load_backend`` to pick one (DESIGN.md section 6).
+TensorRT, the ONNX export they share, and ``load_backend`` to pick one.
 
 The TensorRT backend is imported lazily (``engines.backends.tensorrt_backend``) so that this
 package loads without TensorRT.

@@ -31,6 +31,8 @@ from engines.nets.config import ModelConfig
 
 FloatArray = npt.NDArray[np.float32]
 Precision = Literal["fp32", "fp16", "bf16"]
+# What a backend is called everywhere: its ``name``, ``--backend`` on the command line, benchmark rows.
+BackendName = Literal["tensorrt", "onnxruntime-cuda", "torch-cuda", "onnxruntime-cpu", "torch-cpu"]
 
 
 @dataclass(frozen=True)
@@ -197,7 +199,7 @@ class ChunkOutput:
 class Backend(Protocol):
     """An inference engine for one avatar's networks at fixed shapes."""
 
-    name: str
+    name: BackendName
     shape: StreamShape
 
     def expressions(self, audio: FloatArray) -> FloatArray:
@@ -235,9 +237,8 @@ class Backend(Protocol):
 class BackendBase:
     """Shape checks, the closed state and the context manager shared by every backend."""
 
-    name = "base"
-
-    def __init__(self, shape: StreamShape) -> None:
+    def __init__(self, name: BackendName, shape: StreamShape) -> None:
+        self.name: BackendName = name
         self.shape = shape
         self._closed = False
 

@@ -1,8 +1,9 @@
 """The ONNX Runtime backend: the exported graphs on the CPU or the CUDA execution provider.
 
 Sessions use every graph optimisation (``ORT_ENABLE_ALL``, recorded in ``describe``), sequential
-execution, as many intra-op threads as the machine has cores (2 here), one inter-op thread, and
-no spin-waiting of idle threads.
+execution, one inter-op thread and no spin-waiting of idle threads. The backend's one thread setting,
+``intra_op_threads`` (default: the cores this process may run on), applies to each of its three
+sessions; they are called one at a time, from one thread, so at most that many threads compute at once.
 Output buffers are allocated once at ``max_batch`` and bound with I/O binding, so a call
 allocates nothing on the host; a smaller batch binds the leading rows of the same buffers.
 """
@@ -24,6 +25,13 @@ from engines.errors import InputError, MissingDependencyError
 logger = logging.getLogger(__name__)
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def cuda_provider_available() -> bool:
@@ -71,14 +79,12 @@ class OnnxRuntimeBackend(BackendBase):
     Args:
         export_dir: folder of an ONNX export.
         device: ``cpu`` or ``cuda`` (needs onnxruntime-gpu).
-        threads: intra-op threads (default: the machine's cores).
+        intra_op_threads: threads of each session's operator pool (default: ``available_cores()``).
     """
 
-    name = "onnxruntime"
-
-    def __init__(self, export_dir: Path, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, export_dir: Path, device: str = "cpu", intra_op_threads: int | None = None) -> None:
         manifest: ExportManifest = read_export(export_dir)
-        super().__init__(manifest.stream_shape)
+        super().__init__("onnxruntime-cuda" if device == "cuda" else "onnxruntime-cpu", manifest.stream_shape)
         if device not in PROVIDERS:
             raise InputError(f"onnxruntime device {device!r}: use cpu or cuda")
         if device == "cuda" and not cuda_provider_available():
@@ -92,7 +98,9 @@ class OnnxRuntimeBackend(BackendBase):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        if intra_op_threads is not None and intra_op_threads < 1:
+            raise InputError(f"{intra_op_threads} intra-op threads: need at least 1")
+        options.intra_op_num_threads = intra_op_threads or available_cores()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         # Idle intra-op threads would spin after each call; with three sessions (and the rest of a

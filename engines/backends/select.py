@@ -11,11 +11,10 @@ import importlib.util
 import logging
 import tempfile
 from pathlib import Path
-from typing import Literal
 
 import torch
 
-from engines.backends.base import Backend, Precision, StreamShape
+from engines.backends.base import Backend, BackendName, Precision, StreamShape
 from engines.backends.onnx_export import ensure_onnx_export, onnx_export_dir, weights_digest
 from engines.backends.onnxruntime_backend import OnnxRuntimeBackend, cuda_provider_available
 from engines.backends.torch_backend import TorchBackend
@@ -24,7 +23,6 @@ from engines.errors import InputError, OutputError, StableFaceError
 
 logger = logging.getLogger(__name__)
 
-BackendName = Literal["tensorrt", "onnxruntime-cuda", "torch-cuda", "onnxruntime-cpu", "torch-cpu"]
 AUTO_ORDER: tuple[BackendName, ...] = (
     "tensorrt",
     "onnxruntime-cuda",
@@ -32,12 +30,7 @@ AUTO_ORDER: tuple[BackendName, ...] = (
     "onnxruntime-cpu",
     "torch-cpu",
 )
-ALIASES: dict[str, BackendName] = {
-    "onnxruntime": "onnxruntime-cpu",
-    "onnx": "onnxruntime-cpu",
-    "torch": "torch-cpu",
-}
-CHOICES = ("auto", *AUTO_ORDER, *ALIASES)
+CHOICES = ("auto", *AUTO_ORDER)
 
 
 def available_backends() -> list[BackendName]:
@@ -55,13 +48,11 @@ def available_backends() -> list[BackendName]:
 
 
 def resolve_name(choice: str) -> BackendName:
-    """A backend name from a user's choice (``auto`` excluded).
+    """The backend named ``choice`` (``auto`` excluded).
 
     Raises:
         InputError: an unknown name.
     """
-    if choice in ALIASES:
-        return ALIASES[choice]
     if choice in AUTO_ORDER:
         return choice
     raise InputError(f"unknown backend {choice!r}; choose one of {', '.join(CHOICES)}")
@@ -92,8 +83,9 @@ def load_networks_backend(
     shape: StreamShape,
     avatar_root: Path | None = None,
     precision: Precision | None = None,
+    intra_op_threads: int | None = None,
 ) -> Backend:
-    """Load one named backend for a set of networks.
+    """Load one named backend for a set of networks (``intra_op_threads``: see ``load_backend``).
 
     Raises:
         StableFaceError: the backend cannot run here or the precision does not apply to it.
@@ -106,11 +98,11 @@ def load_networks_backend(
         return TorchBackend(networks, shape, "cuda", precision or "fp16")
     folder = export_folder(networks, shape, avatar_root)
     if name == "onnxruntime-cpu":
-        return OnnxRuntimeBackend(folder, "cpu")
+        return OnnxRuntimeBackend(folder, "cpu", intra_op_threads)
     if name == "onnxruntime-cuda":
         if precision not in (None, "fp32"):
             raise InputError("onnxruntime-cuda runs the fp32 export; use tensorrt or torch-cuda for fp16")
-        return OnnxRuntimeBackend(folder, "cuda")
+        return OnnxRuntimeBackend(folder, "cuda", intra_op_threads)
     from engines.backends.tensorrt_backend import TensorRTBackend
 
     if precision == "bf16":
@@ -123,25 +115,33 @@ def load_backend(
     choice: str = "auto",
     shape: StreamShape | None = None,
     precision: Precision | None = None,
+    intra_op_threads: int | None = None,
 ) -> Backend:
     """Load the backend ``choice`` (or the best available, ``auto``) for an avatar.
 
     Args:
         bundle: a loaded avatar.
-        choice: ``auto`` or a backend name (``torch``, ``onnxruntime``, ``tensorrt``, ...-cpu/-cuda).
+        choice: ``auto`` or a backend name (``AUTO_ORDER``, the same names as ``Backend.name``).
         shape: fixed shapes (default: the avatar's streaming config).
         precision: compute precision (default: fp16 on GPUs, fp32 on the CPU).
+        intra_op_threads: operator threads of the ONNX Runtime backends, shared setting of the
+            avatar's three sessions (default: the cores this process may run on). Torch's thread
+            pool is process-wide and left as it is.
 
     Raises:
         StableFaceError: the chosen backend cannot run here (``auto`` falls through to the next).
     """
     shape = shape or StreamShape.for_config(bundle.config)
     if choice != "auto":
-        return load_networks_backend(resolve_name(choice), bundle.networks, shape, bundle.root, precision)
+        return load_networks_backend(
+            resolve_name(choice), bundle.networks, shape, bundle.root, precision, intra_op_threads
+        )
     errors: list[str] = []
     for name in available_backends():
         try:
-            backend = load_networks_backend(name, bundle.networks, shape, bundle.root, precision)
+            backend = load_networks_backend(
+                name, bundle.networks, shape, bundle.root, precision, intra_op_threads
+            )
         except StableFaceError as exc:
             logger.warning("backend %s unavailable: %s", name, exc)
             errors.append(f"{name}: {exc}")

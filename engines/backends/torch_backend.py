@@ -64,8 +64,6 @@ class TorchBackend(BackendBase):
         cuda_graphs: capture each computation into a CUDA graph (CUDA).
     """
 
-    name = "torch"
-
     def __init__(
         self,
         networks: AvatarNetworks,
@@ -75,9 +73,9 @@ class TorchBackend(BackendBase):
         compile: bool = False,
         cuda_graphs: bool = False,
     ) -> None:
-        super().__init__(shape)
+        on_cuda = torch.device(device).type == "cuda"
+        super().__init__("torch-cuda" if on_cuda else "torch-cpu", shape)
         self.device = torch.device(device)
-        on_cuda = self.device.type == "cuda"
         if on_cuda and not torch.cuda.is_available():
             raise InputError("torch backend on cuda: no CUDA device is available")
         if not on_cuda and (precision != "fp32" or compile or cuda_graphs):

@@ -1,5 +1,5 @@
-"""How far the mouth is open in each frame of a video, from a landmark tracker, and the resulting
-weights-free audio-visual sync (``engines.av_sync``)."""
+"""How far the lips part in each frame of a video (inner-lip gap over mouth width, from a landmark
+tracker), and the resulting weights-free audio-visual sync (``engines.av_sync``)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ MAX_MISSING_SHARE = 0.05
 TrackT = TypeVar("TrackT", bound=npt.NDArray[np.floating[Any]])
 
 
-def mouth_opening_track(frames: Iterable[ImageRGB], tracker: LandmarkTracker) -> FloatArray:
+def lip_gap_track(frames: Iterable[ImageRGB], tracker: LandmarkTracker) -> FloatArray:
     """(T,) inner-lip gap over mouth width per frame; NaN where the tracker finds no face.
 
     Args:
@@ -29,14 +29,14 @@ def mouth_opening_track(frames: Iterable[ImageRGB], tracker: LandmarkTracker) ->
     """
     layout = tracker.layout.name
     tracker.reset()
-    openings = []
+    gaps = []
     for frame in frames:
         points = tracker.track(frame)
-        openings.append(np.nan if points is None else float(opening_from_points(points[None], layout)[0]))
-    return np.asarray(openings, np.float32)
+        gaps.append(np.nan if points is None else float(lip_gap_from_points(points[None], layout)[0]))
+    return np.asarray(gaps, np.float32)
 
 
-def opening_from_points(points: npt.NDArray[np.floating[Any]], layout: str) -> FloatArray:
+def lip_gap_from_points(points: npt.NDArray[np.floating[Any]], layout: str) -> FloatArray:
     """(T,) inner-lip gap over mouth width from (T, N, 2+) landmarks of ``layout``."""
     anchors = anchors_for(layout)
     gap = np.linalg.norm(
@@ -81,6 +81,6 @@ def video_av_sync(
     Raises:
         InputError: too few frames with a face, or too short for the lag search.
     """
-    opening = fill_missing(mouth_opening_track(frames, tracker))
-    envelope = speech_envelope_db(audio, sample_rate_hz, fps, frames=len(opening))
-    return av_sync(opening, envelope, fps, max_lag_ms)
+    gap = fill_missing(lip_gap_track(frames, tracker))
+    envelope = speech_envelope_db(audio, sample_rate_hz, fps, frames=len(gap))
+    return av_sync(gap, envelope, fps, max_lag_ms)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -15,34 +16,60 @@ from engines.geometry.trackers.base import FloatArray, ImageRGB, LandmarkLayout
 LAYOUT = LandmarkLayout("mediapipe478", 478, has_depth=True)
 
 
-def quiet_native_logs() -> None:
-    """Ask MediaPipe's native libraries (glog, TF Lite) to log only errors."""
-    os.environ.setdefault("GLOG_minloglevel", "2")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+class _SilencedStderr:
+    """File descriptor 2 sent to /dev/null while anyone holds it; the real one back when the last lets go.
+
+    Counted so that trackers starting on several threads at once restore the real stderr, not
+    each other's /dev/null.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holders = 0
+        self._saved: int | None = None
+
+    def acquire(self) -> None:
+        with self._lock:
+            self._holders += 1
+            if self._holders > 1:
+                return
+            sys.stderr.flush()
+            try:
+                saved = os.dup(2)
+            except OSError:  # no usable stderr: nothing to protect
+                return
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+            self._saved = saved
+
+    def release(self) -> None:
+        with self._lock:
+            self._holders -= 1
+            if self._holders > 0 or self._saved is None:
+                return
+            os.dup2(self._saved, 2)
+            os.close(self._saved)
+            self._saved = None
+
+
+_SILENCED_STDERR = _SilencedStderr()
 
 
 @contextmanager
 def native_stderr_silenced() -> Iterator[None]:
-    """Send file descriptor 2 to /dev/null for a moment.
+    """Send the process's stderr (file descriptor 2) to /dev/null inside the block only.
 
-    MediaPipe's graphs print absl warnings and TF Lite info lines straight to the process's
-    stderr while they start and on their first frame, ignoring every log setting; they mean
-    nothing to a user and break progress bars.
+    MediaPipe's graphs print absl warnings and TF Lite info lines straight to file descriptor 2
+    while they start and on their first frame; neither GLOG_minloglevel nor TF_CPP_MIN_LOG_LEVEL
+    stops them. They mean nothing to a user and break progress bars. Python's own stderr output
+    written inside the block is lost too, so keep the block to the graph's start.
     """
-    sys.stderr.flush()
+    _SILENCED_STDERR.acquire()
     try:
-        saved = os.dup(2)
-    except OSError:  # no usable stderr: nothing to protect
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
         yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+        _SILENCED_STDERR.release()
 
 
 class MediaPipeTracker:
@@ -69,7 +96,6 @@ class MediaPipeTracker:
 
     def _graph(self) -> Any:
         if self._mesh is None:
-            quiet_native_logs()
             from mediapipe.python.solutions.face_mesh import FaceMesh
 
             self._mesh = FaceMesh(

@@ -15,7 +15,7 @@ import numpy as np
 
 from engines.errors import InputError
 from engines.geometry.trackers.base import FloatArray, ImageRGB, LandmarkLayout
-from engines.geometry.trackers.mediapipe_tracker import native_stderr_silenced, quiet_native_logs
+from engines.geometry.trackers.mediapipe_tracker import native_stderr_silenced
 
 LAYOUT = LandmarkLayout("ibug68", 68, has_depth=False)
 CROP_SCALE = 1.1
@@ -79,7 +79,6 @@ class Onnx68Tracker:
     def _detect(self, frame: ImageRGB) -> tuple[float, float, float] | None:
         """Centre x, centre y and side of the most confident face box, or None."""
         if self._detector is None:
-            quiet_native_logs()
             from mediapipe.python.solutions.face_detection import FaceDetection
 
             with native_stderr_silenced():

@@ -12,8 +12,9 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import numpy.typing as npt
 
+from engines.timebase import SAMPLES_PER_FRAME
 from realtime.engine import AvatarEngine
-from realtime.settings import SAMPLES_PER_FRAME, StreamSettings
+from realtime.settings import StreamSettings
 from realtime.stream import StreamFrame
 
 FloatArray = npt.NDArray[np.float32]
