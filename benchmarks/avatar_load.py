@@ -23,14 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (
-    add_output_arguments,
-    bench_avatar,
-    percentiles,
-    pyplot,
-    report,
-    run_script,
-)
+from benchmarks import common
 from benchmarks.serve_process import serve_process
 
 
@@ -70,62 +63,56 @@ def measure(avatar: Path, repeats: int) -> dict[str, Any]:
         "bundle_bytes": size,
         "first_engine_s": first,
         "first_engine_exported_onnx": fresh,
-        "bundle_s": percentiles(bundle),
-        "engine_s": percentiles(engine),
-        "serve_start_s": percentiles(serve),
+        "bundle_s": common.percentiles(bundle),
+        "engine_s": common.percentiles(engine),
+        "serve_start_s": common.percentiles(serve),
         "samples": {"bundle": bundle, "engine": engine, "serve": serve},
     }
 
 
 def markdown(result: dict[str, Any]) -> str:
-    rows = [
+    lines = [
         f"# Avatar load time, {result['date']}",
         "",
         f"Avatar `{result['avatar']}`, {result['bundle_bytes'] / 1e6:.1f} MB; commit {result['commit']}, "
         f"{result['machine']['cpus']} CPUs.",
         "",
-        "| what | p50 | p95 | p99 | samples |",
-        "|---|---:|---:|---:|---:|",
     ]
-    for key, label in (
-        ("bundle_s", "bundle (`AvatarBundle.load`)"),
-        ("engine_s", "engine ready to stream (`AvatarEngine.load`)"),
-        ("serve_start_s", "`stableface serve` process start → URL printed"),
-    ):
-        stats = result[key]
-        count = len(result["samples"][key.removesuffix("_s").replace("serve_start", "serve")])
-        rows.append(
-            f"| {label} | {stats['p50']:.2f} s | {stats['p95']:.2f} s | {stats['p99']:.2f} s | {count} |"
+    cells = [
+        [label]
+        + [f"{result[key][q]:.2f} s" for q in ("p50", "p95", "p99")]
+        + [len(result["samples"][sample])]
+        for key, sample, label in (
+            ("bundle_s", "bundle", "bundle (`AvatarBundle.load`)"),
+            ("engine_s", "engine", "engine ready to stream (`AvatarEngine.load`)"),
+            ("serve_start_s", "serve", "`stableface serve` process start → URL printed"),
         )
+    ]
+    lines += common.markdown_table(["what", "p50", "p95", "p99", "samples"], "lrrrr", cells)
     exported = " (it exported the ONNX graphs)" if result["first_engine_exported_onnx"] else ""
-    rows += ["", f"First engine load in this checkout: {result['first_engine_s']:.2f} s{exported}.", ""]
-    return "\n".join(rows)
+    lines += ["", f"First engine load in this checkout: {result['first_engine_s']:.2f} s{exported}.", ""]
+    return "\n".join(lines)
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    plt = pyplot()
-    figure, axis = plt.subplots(figsize=(6, 3))
     samples = result["samples"]
-    axis.boxplot([samples["bundle"], samples["engine"], samples["serve"]])
-    axis.set_xticks([1, 2, 3], ["bundle", "engine", "serve"])
-    axis.set_ylabel("seconds")
-    axis.set_title("avatar load time")
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    with common.figure(path, figsize=(6, 3)) as axis:
+        axis.boxplot([samples["bundle"], samples["engine"], samples["serve"]])
+        axis.set_xticks([1, 2, 3], ["bundle", "engine", "serve"])
+        axis.set(ylabel="seconds", title="avatar load time")
 
 
-def main(argv: list[str] | None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--avatar", type=Path, help="avatar bundle (default: the bundled default avatar)")
     parser.add_argument("--repeats", type=int, default=10, help="loads of each kind (default 10)")
     parser.add_argument("--quick", action="store_true", help="2 loads of each kind, 1 server start")
-    add_output_arguments(parser)
+    common.add_output_arguments(parser)
     args = parser.parse_args(argv)
-    avatar = bench_avatar(args.avatar)
-    report("avatar_load", args, measure(avatar, 2 if args.quick else args.repeats), markdown, plot)
+    avatar = common.bench_avatar(args.avatar)
+    common.report("avatar_load", args, markdown, plot, **measure(avatar, 2 if args.quick else args.repeats))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run_script(main))
+    raise SystemExit(common.run_script(main))

@@ -26,14 +26,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import common
 from benchmarks.ceiling import measure_peak
-from benchmarks.common import REPO, percentiles, pyplot, report
 from engines.backends import StreamShape, TorchBackend, available_backends, load_networks_backend
 from engines.backends.base import Backend
 from engines.backends.graphs import RendererChunk
 from engines.backends.parity import random_inputs
 from engines.bundle import build_networks
 from engines.nets import PRESETS, Renderer
+from engines.timebase import FPS
 
 # Dense peak FLOP/s by GPU name fragment and precision (NVIDIA data sheets, SXM parts, no sparsity).
 GPU_PEAK_TFLOPS = {
@@ -86,10 +87,10 @@ def time_calls(backend: Backend, iterations: int, warmup: int) -> dict[str, Any]
                 timings[key].append(1000 * (time.perf_counter() - start))
     totals = [sum(values) for values in zip(*timings.values(), strict=True)]
     return {
-        "renderer_ms": percentiles(timings["renderer"]),
-        "audio2expression_ms": percentiles(timings["audio2expression"]),
-        "smoothing_ms": percentiles(timings["smoothing"]),
-        "chunk_total_ms": percentiles(totals),
+        "renderer_ms": common.percentiles(timings["renderer"]),
+        "audio2expression_ms": common.percentiles(timings["audio2expression"]),
+        "smoothing_ms": common.percentiles(timings["smoothing"]),
+        "chunk_total_ms": common.percentiles(totals),
     }
 
 
@@ -140,58 +141,57 @@ def measure(args: argparse.Namespace, export_root: Path) -> list[dict[str, Any]]
                 rows.append(row)
                 print(
                     f"{preset:6s} {name:26s} C={chunk} P={shape.past_frames}: chunk "
-                    + " / ".join(f"{timing['chunk_total_ms'][q]:.1f}" for q in ("p50", "p95", "p99"))
-                    + f" ms (p50/p95/p99), {row['frames_per_s']:.1f} frames/s",
+                    f"{common.percentile_text(timing['chunk_total_ms'], 1)} ms (p50/p95/p99), "
+                    f"{row['frames_per_s']:.1f} frames/s",
                     flush=True,
                 )
     return rows
 
 
 def markdown(result: dict[str, Any]) -> str:
-    m = result["machine"]
     lines = [
         f"# backend speed — {result['date']}",
         "",
-        f"Machine: {m['processor']} ({m['cpus']} CPUs, torch {m['torch']}, GPU {m['gpu']}), commit "
-        f"{result['commit']}, {result['iterations']} timed calls after {result['warmup']} warm-up calls. "
+        f"{common.machine_line(result)}, {result['iterations']} timed calls after {result['warmup']} "
+        "warm-up calls. "
         "A chunk is one audio-to-expression call, one smoothing call and one renderer call; frames/s is "
         "C / (p50 of the whole chunk). FLOP utilisation: renderer GFLOP/s over the peak (CPU: measured "
         "with a large matmul, `benchmarks/ceiling.py`; GPU: data sheet).",
         "",
-        "| preset | backend | C | P | chunk ms p50 | p95 | p99 | renderer ms p50 | frames/s "
-        "| renderer GFLOP/s | FLOP utilisation |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for row in result["rows"]:
-        total = row["chunk_total_ms"]
-        utilisation = f"{100 * row['flop_utilisation']:.1f}%" if row["flop_utilisation"] else "—"
-        lines.append(
-            f"| {row['preset']} | {row['backend']} | {row['chunk_frames']} | {row['past_frames']} "
-            f"| {total['p50']:.1f} | {total['p95']:.1f} | {total['p99']:.1f} "
-            f"| {row['renderer_ms']['p50']:.1f} | {row['frames_per_s']:.1f} "
-            f"| {row['renderer_gflop_per_s']:.1f} | {utilisation} |"
-        )
-    return "\n".join(lines) + "\n"
+    columns = ["preset", "backend", "C", "P", "chunk ms p50", "p95", "p99", "renderer ms p50", "frames/s"]
+    columns += ["renderer GFLOP/s", "FLOP utilisation"]
+    cells = [
+        [row["preset"], row["backend"], row["chunk_frames"], row["past_frames"]]
+        + [f"{row['chunk_total_ms'][q]:.1f}" for q in ("p50", "p95", "p99")]
+        + [
+            f"{row['renderer_ms']['p50']:.1f}",
+            f"{row['frames_per_s']:.1f}",
+            f"{row['renderer_gflop_per_s']:.1f}",
+        ]
+        + [f"{100 * row['flop_utilisation']:.1f}%" if row["flop_utilisation"] else "—"]
+        for row in result["rows"]
+    ]
+    return "\n".join(lines + common.markdown_table(columns, "llrrrrrrrrr", cells)) + "\n"
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    plt = pyplot()
     presets = sorted({row["preset"] for row in result["rows"]})
-    figure, axes = plt.subplots(1, len(presets), figsize=(5 * len(presets), 4), squeeze=False)
-    for axis, preset in zip(axes[0], presets, strict=True):
-        rows = [row for row in result["rows"] if row["preset"] == preset]
-        for name in sorted({row["backend"] for row in rows}):
-            mine = sorted((r for r in rows if r["backend"] == name), key=lambda r: r["chunk_frames"])
-            axis.plot(
-                [r["chunk_frames"] for r in mine], [r["frames_per_s"] for r in mine], marker="o", label=name
-            )
-        axis.axhline(25, color="grey", linestyle="--", linewidth=1, label="25 fps (real time)")
-        axis.set(title=f"{preset} preset", xlabel="chunk size C (frames)", ylabel="frames/s (p50)")
-        axis.set_xscale("log", base=2)
-        axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    with common.figure(path, 1, len(presets), figsize=(5 * len(presets), 4), squeeze=False) as axes:
+        for axis, preset in zip(axes[0], presets, strict=True):
+            rows = [row for row in result["rows"] if row["preset"] == preset]
+            for name in sorted({row["backend"] for row in rows}):
+                mine = sorted((r for r in rows if r["backend"] == name), key=lambda r: r["chunk_frames"])
+                axis.plot(
+                    [r["chunk_frames"] for r in mine],
+                    [r["frames_per_s"] for r in mine],
+                    marker="o",
+                    label=name,
+                )
+            axis.axhline(FPS, color="grey", linestyle="--", linewidth=1, label="25 fps (real time)")
+            axis.set(title=f"{preset} preset", xlabel="chunk size C (frames)", ylabel="frames/s (p50)")
+            axis.set_xscale("log", base=2)
+            axis.legend(fontsize=8)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="tiny preset, chunk 2, CPU backends, few calls")
-    parser.add_argument("--results", type=Path, default=REPO / "results")
+    common.add_output_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.presets, args.chunks, args.iterations, args.warmup = ["tiny"], [2], 5, 1
@@ -210,19 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     args.backends = args.backends or available_backends()
     with tempfile.TemporaryDirectory(prefix="stableface-bench-") as folder:
         rows = measure(args, Path(folder))
-    report(
-        "backends",
-        args,
-        {
-            "iterations": args.iterations,
-            "warmup": args.warmup,
-            "rows": rows,
-        },
-        markdown,
-        plot,
-    )
+    common.report("backends", args, markdown, plot, iterations=args.iterations, warmup=args.warmup, rows=rows)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(common.run_script(main))

@@ -33,13 +33,13 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import REPO, pyplot, report, run_script
+from benchmarks import common
 from engines.backends import StreamShape
 from engines.backends.graphs import CausalSmoothingWeights, Expressions, RendererChunk
 from engines.nets import PRESETS, AdaptiveSmoothing, AudioToExpression, Renderer
+from engines.timebase import FPS
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
-REAL_TIME_FPS = 25
 
 
 class _Traffic(torch.utils._python_dispatch.TorchDispatchMode):
@@ -86,7 +86,9 @@ def _chunk_modules(
     renderer = RendererChunk(Renderer(config.renderer), shape).to(dtype)
     expressions = Expressions(AudioToExpression(config.audio)).to(dtype)
     # The smoothing weights are tiny; the torch backend keeps them (and BatchNorm) in fp32.
-    smoothing = CausalSmoothingWeights(AdaptiveSmoothing(config.smoothing, config.audio.mouth_dims))
+    smoothing = CausalSmoothingWeights(
+        AdaptiveSmoothing(config.smoothing, config.audio.mouth_dims, config.audio.lookahead_frames)
+    )
     return [
         ("renderer", renderer, [(size, dtype) for size in shape.renderer_inputs(1).values()]),
         ("audio2expression", expressions, [(shape.expression_io(1)[0], dtype)]),
@@ -268,12 +270,12 @@ def ceiling(cost: dict[str, Any], peak: dict[str, Any]) -> dict[str, Any]:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    m, peak = result["machine"], result["peak"]
+    peak = result["peak"]
     lines = [
         f"# physical ceiling — {result['date']}",
         "",
-        f"Machine: {m['processor']} ({m['cpus']} CPUs, torch {m['torch']}, GPU {m['gpu']}), commit "
-        f"{result['commit']}, device {peak['device']} ({peak['dtype']}, {peak['threads']} threads). "
+        f"{common.machine_line(result)}, device {peak['device']} ({peak['dtype']}, "
+        f"{peak['threads']} threads). "
         f"Peaks: {peak['gflop_per_s_best']:.1f} GFLOP/s (best; median {peak['gflop_per_s_median']:.1f}) "
         f"from a {peak['matmul_size']}² matmul, {peak['gbyte_per_s_best']:.1f} GB/s (best; median "
         f"{peak['gbyte_per_s_median']:.1f}) from a {peak['copy_mib']} MiB copy (read + write).",
@@ -284,48 +286,43 @@ def markdown(result: dict[str, Any]) -> str:
         "inputs and writes all its outputs to memory, so the memory bound is pessimistic (caches reuse "
         "some). The ceiling is the smaller bound; no backend renders faster.",
         "",
-        "| preset | C | P | GFLOP/frame | MB/frame (no reuse) | weights MB | compute-bound f/s "
-        "| memory-bound f/s | ceiling f/s | bound |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for row in result["rows"]:
-        lines.append(
-            f"| {row['preset']} | {row['chunk_frames']} | {row['past_frames']} "
-            f"| {row['gflop_per_frame']:.3f} | {row['mbytes_per_frame']:.1f} | {row['weight_mbytes']:.1f} "
-            f"| {row['compute_bound_fps']:.1f} | {row['memory_bound_fps']:.1f} "
-            f"| {row['ceiling_fps']:.1f} | {row['bound']} |"
-        )
-    return "\n".join(lines) + "\n"
+    columns = ["preset", "C", "P", "GFLOP/frame", "MB/frame (no reuse)", "weights MB", "compute-bound f/s"]
+    columns += ["memory-bound f/s", "ceiling f/s", "bound"]
+    measured = ("mbytes_per_frame", "weight_mbytes", "compute_bound_fps", "memory_bound_fps", "ceiling_fps")
+    cells = [
+        [row["preset"], row["chunk_frames"], row["past_frames"], f"{row['gflop_per_frame']:.3f}"]
+        + [f"{row[key]:.1f}" for key in measured]
+        + [row["bound"]]
+        for row in result["rows"]
+    ]
+    return "\n".join(lines + common.markdown_table(columns, "lrrrrrrrrl", cells)) + "\n"
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    plt = pyplot()
     rows = result["rows"]
     labels = [f"{row['preset']}\nC={row['chunk_frames']}" for row in rows]
     positions = range(len(rows))
-    figure, axis = plt.subplots(figsize=(max(5, 1.6 * len(rows)), 4))
     width = 0.38
-    axis.bar(
-        [x - width / 2 for x in positions],
-        [row["compute_bound_fps"] for row in rows],
-        width,
-        label="compute-bound",
-    )
-    axis.bar(
-        [x + width / 2 for x in positions],
-        [row["memory_bound_fps"] for row in rows],
-        width,
-        label="memory-bound (no reuse)",
-    )
-    axis.axhline(REAL_TIME_FPS, color="grey", linestyle="--", linewidth=1, label="25 fps (real time)")
-    axis.set_yscale("log")
-    axis.set_xticks(list(positions), labels)
-    peak = result["peak"]
-    axis.set(ylabel="frames/s bound", title=f"physical ceiling on {peak['device']} ({peak['dtype']})")
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    with common.figure(path, figsize=(max(5, 1.6 * len(rows)), 4)) as axis:
+        axis.bar(
+            [x - width / 2 for x in positions],
+            [row["compute_bound_fps"] for row in rows],
+            width,
+            label="compute-bound",
+        )
+        axis.bar(
+            [x + width / 2 for x in positions],
+            [row["memory_bound_fps"] for row in rows],
+            width,
+            label="memory-bound (no reuse)",
+        )
+        axis.axhline(FPS, color="grey", linestyle="--", linewidth=1, label="25 fps (real time)")
+        axis.set_yscale("log")
+        axis.set_xticks(list(positions), labels)
+        peak = result["peak"]
+        axis.set(ylabel="frames/s bound", title=f"physical ceiling on {peak['device']} ({peak['dtype']})")
+        axis.legend(fontsize=8)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -335,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--seconds", type=float, default=2.0, help="timing per peak measurement")
     parser.add_argument("--quick", action="store_true", help="tiny preset, short small peak measurements")
-    parser.add_argument("--results", type=Path, default=REPO / "results")
+    common.add_output_arguments(parser)
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
@@ -368,19 +365,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{row['ceiling_fps']:11.1f}  {row['bound']}",
                 flush=True,
             )
-    report(
-        "ceiling",
-        args,
-        {
-            "device": args.device,
-            "peak": peak,
-            "rows": rows,
-        },
-        markdown,
-        plot,
-    )
+    common.report("ceiling", args, markdown, plot, device=args.device, peak=peak, rows=rows)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_script(main))
+    raise SystemExit(common.run_script(main))

@@ -7,7 +7,8 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -116,25 +117,68 @@ def run_script(main: Callable[[list[str] | None], int]) -> int:
         return 1
 
 
-def pyplot() -> Any:
-    """matplotlib's pyplot on the file-only Agg backend."""
+@contextmanager
+def figure(path: Path, rows: int = 1, columns: int = 1, **options: Any) -> Iterator[Any]:
+    """The axes of ``plt.subplots(rows, columns, **options)`` on the file-only Agg backend; the
+    figure is laid out and saved to ``path`` (PNG, 100 dpi) when the block ends, and closed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt
+    drawing, axes = plt.subplots(rows, columns, **options)
+    try:
+        yield axes
+        drawing.tight_layout()
+        drawing.savefig(path, dpi=100)
+    finally:
+        plt.close(drawing)
+
+
+def machine_line(result: dict[str, Any]) -> str:
+    """``Machine: <processor> (<n> CPUs, torch <version>, <k> threads, GPU <name>), commit <hash>``."""
+    m = result["machine"]
+    return (
+        f"Machine: {m['processor']} ({m['cpus']} CPUs, torch {m['torch']}, {m['torch_threads']} threads, "
+        f"GPU {m['gpu']}), commit {result['commit']}"
+    )
+
+
+def markdown_table(columns: Sequence[str], align: str, rows: Iterable[Sequence[object]]) -> list[str]:
+    """The lines of a Markdown table: a header, the alignment row and one line a row.
+
+    Args:
+        columns: the column titles.
+        align: one letter a column, ``l`` (left, text) or ``r`` (right, numbers).
+        rows: the cells of each row, already formatted (``str()`` is applied).
+    """
+    if len(align) != len(columns) or set(align) - {"l", "r"}:
+        raise ValueError(f"align {align!r}: one of l/r for each of the {len(columns)} columns")
+    rule = "".join("---|" if side == "l" else "---:|" for side in align)
+    lines = ["| " + " | ".join(columns) + " |", "|" + rule]
+    for cells in rows:
+        if len(cells) != len(columns):
+            raise ValueError(f"a row of {len(cells)} cells in a table of {len(columns)} columns")
+        lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
+    return lines
+
+
+def percentile_text(values: dict[str, float] | None, decimals: int = 0) -> str:
+    """``p50 / p95 / p99`` of a ``percentiles`` dict; ``—`` for None."""
+    if not values:
+        return "—"
+    return " / ".join(f"{values[q]:.{decimals}f}" for q in ("p50", "p95", "p99"))
 
 
 def report(
     name: str,
     args: Any,
-    fields: dict[str, Any],
     markdown: Callable[[dict[str, Any]], str],
-    plot: Callable[[dict[str, Any], Path], None],
+    plot: Callable[[dict[str, Any], Path], None] | None = None,
+    **fields: Any,
 ) -> dict[str, Any]:
     """The result (name, date, commit, machine, quick, then ``fields``) written as JSON, Markdown
-    and PNG into ``args.results``; the Markdown is printed too."""
+    and, with a ``plot``, PNG into ``args.results``; the Markdown is printed too."""
     result = {
         "name": name,
         "date": today(),
@@ -145,7 +189,8 @@ def report(
     result.update(fields)
     text = markdown(result)
     json_path = write_results(args.results, name, result, text, args.quick, getattr(args, "label", None))
-    plot(result, json_path.with_suffix(".png"))
+    if plot is not None:
+        plot(result, json_path.with_suffix(".png"))
     print(text)
     return result
 

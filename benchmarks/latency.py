@@ -41,31 +41,22 @@ from scipy.signal import resample_poly
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (
-    REPO,
-    add_avatar_arguments,
-    add_output_arguments,
-    bench_avatar,
-    cdf_plot,
-    percentiles,
-    pyplot,
-    report,
-    run_script,
-)
+from benchmarks import common
 from benchmarks.lip_timing import analyse, render_response
 from benchmarks.serve_process import serve_process
 from benchmarks.signals import TestSignal, bursts, speech_pieces
+from engines.timebase import FPS
 from offline_training.synthetic.speech import synthesize_speech
 from realtime.audio_input import AudioInput
 from realtime.client import ArrayAudioTrack, AvatarClient, ClientRecording
 from realtime.engine import AvatarEngine
 from realtime.mouth_probe import MouthProbe
-from realtime.settings import FPS, StreamSettings
+from realtime.settings import StreamSettings
 
 SEND_RATE_HZ = 48_000  # what browsers capture and send
 PACKET_SAMPLES = SEND_RATE_HZ // 50  # 20 ms
 STAGES = ("resample", "features", "audio2expression", "smoothing", "raster", "renderer", "paste", "encode")
-SPEECH = REPO.parent / "shared" / "data" / "speech"
+SPEECH = common.REPO.parent / "shared" / "data" / "speech"
 CALIBRATION_SEED = 101
 TAIL_S = 1.5  # keep the call open this long after the signal (the pipeline delay and transport)
 TARGET_DELAY_P95_MS = 250.0
@@ -123,10 +114,10 @@ def stage_latency(engine: AvatarEngine, timed_chunks: int, warmup_chunks: int = 
     totals = [sum(values) for values in zip(*per_chunk.values(), strict=True)]
     return {
         "chunks_timed": len(totals),
-        "stage_ms_per_chunk": {stage: percentiles(values) for stage, values in per_chunk.items()},
-        "total_ms_per_chunk": percentiles(totals),
-        "total_ms_per_frame": {q: value / chunk for q, value in percentiles(totals).items()},
-        "frames_per_s": 1000 * chunk / percentiles(totals)["p50"],
+        "stage_ms_per_chunk": {stage: common.percentiles(values) for stage, values in per_chunk.items()},
+        "total_ms_per_chunk": common.percentiles(totals),
+        "total_ms_per_frame": {q: value / chunk for q, value in common.percentiles(totals).items()},
+        "frames_per_s": 1000 * chunk / common.percentiles(totals)["p50"],
     }
 
 
@@ -171,9 +162,9 @@ def mouth_to_photon(
     delays = [value for run in runs for value in run["audio_in_to_lips_out_ms"]]
     offsets = [value for run in runs for value in run["av_offset_ms"]]
     return {
-        "audio_in_to_lips_out_ms": percentiles(delays) if delays else None,
-        "av_offset_ms": percentiles(offsets) if offsets else None,
-        "abs_av_offset_ms": percentiles(np.abs(offsets)) if offsets else None,
+        "audio_in_to_lips_out_ms": common.percentiles(delays) if delays else None,
+        "av_offset_ms": common.percentiles(offsets) if offsets else None,
+        "abs_av_offset_ms": common.percentiles(np.abs(offsets)) if offsets else None,
         "runs": runs,
     }
 
@@ -250,31 +241,24 @@ def summary_line(row: dict[str, Any]) -> str:
     return text
 
 
-def _fmt(values: dict[str, float] | None, decimals: int = 0) -> str:
-    return " / ".join(f"{values[q]:.{decimals}f}" for q in ("p50", "p95", "p99")) if values else "—"
-
-
 def markdown(result: dict[str, Any]) -> str:
-    m = result["machine"]
     lines = [
         f"# latency — {result['date']}",
         "",
-        f"Machine: {m['processor']} ({m['cpus']} CPUs, torch {m['torch']}, GPU {m['gpu']}), commit "
-        f"{result['commit']}. Avatar `{result['avatar']}`.",
+        f"{common.machine_line(result)}. Avatar `{result['avatar']}`.",
         "",
         "## Stages (ms per chunk, p50 / p95 / p99)",
         "",
-        "| preset | backend | C | " + " | ".join(STAGES) + " | total | frames/s |",
-        "|---|---|---:|" + "---:|" * (len(STAGES) + 2),
     ]
-    for row in result["rows"]:
-        stages = row["stages"]
-        cells = [_fmt(stages["stage_ms_per_chunk"][stage], 1) for stage in STAGES]
-        lines.append(
-            f"| {row['preset']} | {row['backend']} | {row['chunk_frames']} | "
-            + " | ".join(cells)
-            + f" | {_fmt(stages['total_ms_per_chunk'])} | {stages['frames_per_s']:.1f} |"
-        )
+    cells = [
+        [row["preset"], row["backend"], row["chunk_frames"]]
+        + [common.percentile_text(stages["stage_ms_per_chunk"][stage], 1) for stage in STAGES]
+        + [common.percentile_text(stages["total_ms_per_chunk"]), f"{stages['frames_per_s']:.1f}"]
+        for row in result["rows"]
+        for stages in [row["stages"]]
+    ]
+    columns = ["preset", "backend", "C", *STAGES, "total", "frames/s"]
+    lines += common.markdown_table(columns, "llr" + "r" * (len(STAGES) + 2), cells)
     looped = [row for row in result["rows"] if row.get("loopback")]
     if looped:
         lines += [
@@ -284,59 +268,66 @@ def markdown(result: dict[str, Any]) -> str:
             f"Targets: audio-in → lips-out ≤ {TARGET_DELAY_P95_MS:.0f} ms p95, |A/V| ≤ "
             f"{TARGET_AV_P95_MS:.0f} ms p95. A/V offset > 0: lips after the sound.",
             "",
-            "| preset | backend | C | pipeline delay | render response | audio-in → lips-out | A/V offset "
-            "| abs A/V offset | onsets | server skipped frames | xcorr lag |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for row in looped:
-            loop = row["loopback"]
-            runs = loop["runs"]
-            matched = sum(run["onsets_matched"] for run in runs)
-            sent = sum(run["onsets_sent"] for run in runs)
-            skipped = sum(run["server"]["frames_skipped"] or 0 for run in runs)
-            frames = sum(run["server"]["frames_sent"] or 0 for run in runs)
-            lags = ", ".join(f"{run['correlation_best_lag_ms']:.0f}" for run in runs)
-            lines.append(
-                f"| {row['preset']} | {row['backend']} | {row['chunk_frames']} "
-                f"| {row['pipeline_delay_ms']:.0f} | {_fmt(row.get('render_response_ms'))} "
-                f"| {_fmt(loop['audio_in_to_lips_out_ms'])} | {_fmt(loop['av_offset_ms'])} "
-                f"| {_fmt(loop['abs_av_offset_ms'])} | {matched}/{sent} | {skipped}/{frames} | {lags} |"
-            )
+        columns = ["preset", "backend", "C", "pipeline delay", "render response", "audio-in → lips-out"]
+        columns += ["A/V offset", "abs A/V offset", "onsets", "server skipped frames", "xcorr lag"]
+        lines += common.markdown_table(columns, "llrrrrrrrrr", [_loopback_cells(row) for row in looped])
     return "\n".join(lines) + "\n"
 
 
+def _loopback_cells(row: dict[str, Any]) -> list[object]:
+    """One row of the mouth-to-photon table: the delays, then the counts summed over the signals."""
+    loop = row["loopback"]
+    runs = loop["runs"]
+    matched = sum(run["onsets_matched"] for run in runs)
+    sent = sum(run["onsets_sent"] for run in runs)
+    skipped = sum(run["server"]["frames_skipped"] or 0 for run in runs)
+    frames = sum(run["server"]["frames_sent"] or 0 for run in runs)
+    return [
+        row["preset"],
+        row["backend"],
+        row["chunk_frames"],
+        f"{row['pipeline_delay_ms']:.0f}",
+        common.percentile_text(row.get("render_response_ms")),
+        common.percentile_text(loop["audio_in_to_lips_out_ms"]),
+        common.percentile_text(loop["av_offset_ms"]),
+        common.percentile_text(loop["abs_av_offset_ms"]),
+        f"{matched}/{sent}",
+        f"{skipped}/{frames}",
+        ", ".join(f"{run['correlation_best_lag_ms']:.0f}" for run in runs),
+    ]
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
-    plt = pyplot()
-    figure, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    for row in result["rows"]:
-        label = f"{row['backend']} C={row['chunk_frames']}"
-        stages = row["stages"]["stage_ms_per_chunk"]
-        axes[0].barh(
-            [f"{label}: {stage}" for stage in STAGES], [stages[stage]["p50"] for stage in STAGES], height=0.6
-        )
-        loop = row.get("loopback")
-        if loop:
-            runs = loop["runs"]
-            cdf_plot(axes[1], [v for run in runs for v in run["audio_in_to_lips_out_ms"]], label)
-            cdf_plot(axes[2], [v for run in runs for v in run["av_offset_ms"]], label)
-    axes[0].set(title="stage p50 (ms per chunk)", xlabel="ms")
-    axes[0].tick_params(axis="y", labelsize=6)
-    axes[1].axvline(TARGET_DELAY_P95_MS, color="grey", linestyle="--", linewidth=1)
-    axes[1].set(title="audio-in → lips-out", xlabel="ms", ylabel="fraction of onsets")
-    for bound in (-TARGET_AV_P95_MS, TARGET_AV_P95_MS):
-        axes[2].axvline(bound, color="grey", linestyle="--", linewidth=1)
-    axes[2].set(title="A/V offset (lips − returned audio)", xlabel="ms")
-    for axis in axes[1:]:
-        if axis.lines:
-            axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    with common.figure(path, 1, 3, figsize=(16, 4.5)) as axes:
+        for row in result["rows"]:
+            label = f"{row['backend']} C={row['chunk_frames']}"
+            stages = row["stages"]["stage_ms_per_chunk"]
+            axes[0].barh(
+                [f"{label}: {stage}" for stage in STAGES],
+                [stages[stage]["p50"] for stage in STAGES],
+                height=0.6,
+            )
+            loop = row.get("loopback")
+            if loop:
+                runs = loop["runs"]
+                common.cdf_plot(axes[1], [v for run in runs for v in run["audio_in_to_lips_out_ms"]], label)
+                common.cdf_plot(axes[2], [v for run in runs for v in run["av_offset_ms"]], label)
+        axes[0].set(title="stage p50 (ms per chunk)", xlabel="ms")
+        axes[0].tick_params(axis="y", labelsize=6)
+        axes[1].axvline(TARGET_DELAY_P95_MS, color="grey", linestyle="--", linewidth=1)
+        axes[1].set(title="audio-in → lips-out", xlabel="ms", ylabel="fraction of onsets")
+        for bound in (-TARGET_AV_P95_MS, TARGET_AV_P95_MS):
+            axes[2].axvline(bound, color="grey", linestyle="--", linewidth=1)
+        axes[2].set(title="A/V offset (lips − returned audio)", xlabel="ms")
+        for axis in axes[1:]:
+            if axis.lines:
+                axis.legend(fontsize=7)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_avatar_arguments(parser)
+    common.add_avatar_arguments(parser)
     parser.add_argument("--backends", nargs="+", default=["onnxruntime-cpu"])
     parser.add_argument("--chunks", nargs="+", type=int, default=[0], help="chunk sizes (0: the avatar's)")
     parser.add_argument("--timed-chunks", type=int, default=300)
@@ -345,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each signal")
     parser.add_argument("--skip-loopback", action="store_true", help="stage timings only")
     parser.add_argument("--quick", action="store_true", help="few chunks, one short burst signal")
-    add_output_arguments(parser)
+    common.add_output_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.timed_chunks, args.signals, args.seconds = 20, ["bursts"], 8.0
@@ -355,23 +346,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: no recordings in {SPEECH}; the speech signal is left out", flush=True)
             args.signals = [name for name in args.signals if name != "speech"]
     args.chunks = [chunk or None for chunk in args.chunks]
-    avatar = bench_avatar(args.avatar)
+    avatar = common.bench_avatar(args.avatar)
     rows = measure(args, avatar)
-    report(
+    common.report(
         "latency",
         args,
-        {
-            "avatar": str(avatar),
-            "signals": args.signals,
-            "speech_files": [path.name for path in args.speech or []],
-            "seconds_per_signal": args.seconds,
-            "rows": rows,
-        },
         markdown,
         plot,
+        avatar=str(avatar),
+        signals=args.signals,
+        speech_files=[path.name for path in args.speech or []],
+        seconds_per_signal=args.seconds,
+        rows=rows,
     )
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_script(main))
+    raise SystemExit(common.run_script(main))

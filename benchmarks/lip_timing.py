@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import percentiles
-from benchmarks.signals import RATE_HZ, TestSignal, envelope_db
+from benchmarks.signals import TestSignal, envelope_db
+from engines.timebase import FPS, FRAME_MS, SAMPLE_RATE_HZ
 from realtime.client import ClientRecording
 from realtime.engine import AvatarEngine
+from realtime.file_stream import stream_file
 from realtime.mouth_probe import MouthProbe
-from realtime.offline import stream_file
-from realtime.settings import FPS, FRAME_MS
 
 MATCH_HALF_WIDTH_S = 0.1  # lips are matched within ±100 ms of the cross-correlation's lag
 CLOSED_FRAMES = 3  # a mouth onset: a rise of OPENING_FRACTION over the 3 frames before
@@ -50,7 +50,7 @@ def audio_delays_s(
     call's lag), so no loudness threshold decides where a sound starts in a lossy copy.
     """
     audio, play_times = playout_times(recording)
-    hop_sent, hop_back = RATE_HZ // 200, recording.audio_rate_hz // 200
+    hop_sent, hop_back = SAMPLE_RATE_HZ // 200, recording.audio_rate_hz // 200
     count = len(audio) // hop_back
     if count < 10:
         return [None] * len(onsets)
@@ -58,7 +58,7 @@ def audio_delays_s(
     back_times = play_times[: count * hop_back : hop_back]
     frames = len(signal.audio) // hop_sent
     sent = np.sqrt((signal.audio[: frames * hop_sent].reshape(frames, hop_sent) ** 2).mean(1))
-    sent_times = started + np.arange(frames) * hop_sent / RATE_HZ
+    sent_times = started + np.arange(frames) * hop_sent / SAMPLE_RATE_HZ
 
     def corr_at(lag: float, mask: np.ndarray) -> float:
         shifted = np.interp(sent_times[mask] + lag, back_times, back, left=0.0, right=0.0)
@@ -103,9 +103,9 @@ def best_lag_ms(
 ) -> tuple[float, float]:
     """Lag (ms) maximising the correlation of the mouth score with the sent loudness, and that
     correlation: a check on the onset matching that needs no threshold."""
-    level = envelope_db(signal.audio, RATE_HZ)
+    level = envelope_db(signal.audio, SAMPLE_RATE_HZ)
     level = np.maximum(level, level.max() - 60)
-    hop_s = len(signal.audio) / RATE_HZ / len(level)
+    hop_s = len(signal.audio) / SAMPLE_RATE_HZ / len(level)
     best = (0.0, -1.0)
     for lag_ms in range(0, 1000, 10):
         index = ((arrivals - started - lag_ms / 1000) / hop_s).astype(int)

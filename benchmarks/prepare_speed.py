@@ -14,12 +14,9 @@ The target is the whole of ``prepare`` at >= 25 frames/s (faster than real time)
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +24,15 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import git_commit  # noqa: E402
-from offline_training.dataset.builder import PrepareSettings, prepare_dataset  # noqa: E402
+from benchmarks import common  # noqa: E402
+from engines.errors import InputError  # noqa: E402
+from engines.timebase import FPS  # noqa: E402
+from offline_training.dataset.builder import prepare_dataset  # noqa: E402
+from offline_training.dataset.settings import PrepareSettings  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 PER_FRAME_STAGES = ("decode_video", "track", "crop", "face_shape", "mouth_mask", "write_images")
-TARGET_FPS = 25.0
+TARGET_FPS = float(FPS)  # faster than real time
 
 
 def _synthetic_video(folder: Path) -> Path:
@@ -46,7 +46,7 @@ def _synthetic_video(folder: Path) -> Path:
 def measure(video: Path, size: int, tracker: str, tracker_model: Path | None, audio: Path | None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        report = prepare_dataset(
+        prepared = prepare_dataset(
             PrepareSettings(
                 video=video,
                 audio=audio,
@@ -58,15 +58,15 @@ def measure(video: Path, size: int, tracker: str, tracker_model: Path | None, au
             )
         )
         wall = time.perf_counter() - start
-    frames = report.manifest.num_source_frames
+    frames = prepared.manifest.num_source_frames
     samples_ms = {
         name: [1000.0 * value for value in values]
-        for name, values in report.stage_samples_s.items()
+        for name, values in prepared.stage_samples_s.items()
         if name in PER_FRAME_STAGES
     }
     stages = {
         name: {"seconds": s, "frames_per_s": frames / s if s > 0 else None}
-        for name, s in report.stage_seconds.items()
+        for name, s in prepared.stage_seconds.items()
     }
     return {
         "video": video.name,
@@ -88,14 +88,8 @@ def summarise(runs: list[dict]) -> dict:
         stats: dict[str, float] = {"ms_per_frame": 1000.0 * seconds / total_frames}
         calls = np.concatenate([np.asarray(run["per_call_ms"].get(name, []), dtype=float) for run in runs])
         if len(calls):
-            stats.update(
-                {
-                    "calls": float(len(calls)),
-                    "ms_per_call_p50": float(np.percentile(calls, 50)),
-                    "ms_per_call_p95": float(np.percentile(calls, 95)),
-                    "ms_per_call_p99": float(np.percentile(calls, 99)),
-                }
-            )
+            stats["calls"] = float(len(calls))
+            stats.update({f"ms_per_call_{q}": value for q, value in common.percentiles(calls).items()})
         stages[name] = stats
     return {
         "clips": len(runs),
@@ -125,25 +119,24 @@ def markdown(result: dict) -> str:
         f"{summary['clips']} clips (target {TARGET_FPS:g}; slowest clip "
         f"{summary['frames_per_s_by_clip']['min']:.1f}: {'met' if summary['meets_target'] else 'NOT met'}).",
         "",
-        "| clip | frames | frames/s (whole prepare, wall clock) |",
-        "|---|---:|---:|",
     ]
-    lines += [f"| {run['video']} | {run['frames']} | {run['frames_per_s']:.1f} |" for run in result["runs"]]
+    lines += common.markdown_table(
+        ["clip", "frames", "frames/s (whole prepare, wall clock)"],
+        "lrr",
+        [[run["video"], run["frames"], f"{run['frames_per_s']:.1f}"] for run in result["runs"]],
+    )
     lines += [
         "",
         "Per stage: total ms per frame, and the per-call distribution for stages run once per frame "
         "(decode_video runs twice per frame: tracking pass and rendering pass).",
         "",
-        "| stage | ms/frame | p50 ms/call | p95 | p99 |",
-        "|---|---:|---:|---:|---:|",
     ]
-    for name, stats in sorted(summary["stages"].items(), key=lambda item: -item[1]["ms_per_frame"]):
-        if "ms_per_call_p50" in stats:
-            p50, p95, p99 = (stats[f"ms_per_call_p{q}"] for q in (50, 95, 99))
-            calls = f"{p50:.2f} | {p95:.2f} | {p99:.2f}"
-        else:
-            calls = "— | — | —"
-        lines.append(f"| {name} | {stats['ms_per_frame']:.2f} | {calls} |")
+    cells = [
+        [name, f"{stats['ms_per_frame']:.2f}"]
+        + [f"{stats[f'ms_per_call_{q}']:.2f}" if "calls" in stats else "—" for q in ("p50", "p95", "p99")]
+        for name, stats in sorted(summary["stages"].items(), key=lambda item: -item[1]["ms_per_frame"])
+    ]
+    lines += common.markdown_table(["stage", "ms/frame", "p50 ms/call", "p95", "p99"], "lrrrr", cells)
     return "\n".join(lines) + "\n"
 
 
@@ -156,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracker", default="mediapipe")
     parser.add_argument("--tracker-model", type=Path)
     parser.add_argument("--quick", action="store_true", help="one short synthetic clip (smoke test)")
-    parser.add_argument("--results", type=Path, default=REPO / "results")
+    common.add_output_arguments(parser)
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -165,37 +158,23 @@ def main(argv: list[str] | None = None) -> int:
         else:
             videos = args.videos or sorted((SHARED / "real" / "hdtf").glob("*.mp4"))
         if not videos:
-            print(f"no videos: give some, or provide {SHARED / 'real' / 'hdtf'}", file=sys.stderr)
-            return 1
+            raise InputError(f"no videos: give some, or provide {SHARED / 'real' / 'hdtf'}")
         runs = []
         for video in videos:
             run = measure(video, args.size, args.tracker, args.tracker_model, None)
             print(f"{video.name}: {run['frames']} frames, {run['frames_per_s']:.1f} frames/s", flush=True)
             runs.append(run)
-    date = datetime.now(UTC).strftime("%Y-%m-%d")
-    result = {
-        "name": "prepare_speed",
-        "date": date,
-        "commit": git_commit(),
-        "machine": {
-            "processor": platform.processor() or platform.machine(),
-            "cpus": __import__("os").cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
-        "tracker": args.tracker,
-        "size": args.size,
-        "quick": args.quick,
-        "runs": runs,
-        "summary": summarise(runs),
-    }
-    args.results.mkdir(parents=True, exist_ok=True)
-    stem = f"prepare_speed-{date}" + ("-quick" if args.quick else "")
-    (args.results / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.results / f"{stem}.md").write_text(markdown(result))
-    print(markdown(result))
+    common.report(
+        "prepare_speed",
+        args,
+        markdown,
+        tracker=args.tracker,
+        size=args.size,
+        runs=runs,
+        summary=summarise(runs),
+    )
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(common.run_script(main))

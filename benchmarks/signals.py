@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from engines.timebase import SAMPLE_RATE_HZ
 from offline_training.synthetic.speech import synthesize_speech
 from realtime.live import load_speech
 
 FloatArray = npt.NDArray[np.float32]
-RATE_HZ = 16_000
 LEAD_IN_S = 1.0  # silence before the first onset: the call settles, the mouth is closed
 ENVELOPE_MS = 5.0
 ONSET_BELOW_PEAK_DB = 30.0  # an onset: the 5 ms envelope rises within 30 dB of the signal's peak
@@ -44,48 +44,48 @@ class TestSignal:
 
     @property
     def duration_s(self) -> float:
-        return len(self.audio) / RATE_HZ
+        return len(self.audio) / SAMPLE_RATE_HZ
 
 
 def bursts(seed: int, seconds: float) -> TestSignal:
     """Generated speech bursts with silence between them, ``seconds`` long."""
     rng = np.random.default_rng(seed)
-    speech = synthesize_speech(seed, seconds, RATE_HZ).audio
-    pieces = [np.zeros(int(LEAD_IN_S * RATE_HZ), np.float32)]
+    speech = synthesize_speech(seed, seconds, SAMPLE_RATE_HZ).audio
+    pieces = [np.zeros(int(LEAD_IN_S * SAMPLE_RATE_HZ), np.float32)]
     used = len(pieces[0])
     cursor = 0
-    loud = envelope_db(speech, RATE_HZ) > _peak_db(speech) - 20
-    while used < seconds * RATE_HZ:
-        length = int(rng.uniform(0.35, 0.6) * RATE_HZ)
+    loud = envelope_db(speech, SAMPLE_RATE_HZ) > _peak_db(speech) - 20
+    while used < seconds * SAMPLE_RATE_HZ:
+        length = int(rng.uniform(0.35, 0.6) * SAMPLE_RATE_HZ)
         start = _loud_start(loud, cursor, length, len(speech))
         pieces.append(_faded(speech[start : start + length]))
-        pieces.append(np.zeros(int(rng.uniform(0.6, 1.0) * RATE_HZ), np.float32))
+        pieces.append(np.zeros(int(rng.uniform(0.6, 1.0) * SAMPLE_RATE_HZ), np.float32))
         cursor = (start + length) % max(1, len(speech) - length)
         used += len(pieces[-2]) + len(pieces[-1])
-    audio = _normalised(np.concatenate(pieces)[: int(seconds * RATE_HZ)])
-    return TestSignal("bursts", audio, audio_onsets(audio, RATE_HZ))
+    audio = _normalised(np.concatenate(pieces)[: int(seconds * SAMPLE_RATE_HZ)])
+    return TestSignal("bursts", audio, audio_onsets(audio, SAMPLE_RATE_HZ))
 
 
 def speech_pieces(path: Path, seed: int, seconds: float, piece_s: float = 0.5) -> TestSignal:
     """Pieces of a real recording with 0.6-0.9 s of silence between them, ``seconds`` long."""
     speech = load_speech(path)
     rng = np.random.default_rng(seed)
-    length = int(piece_s * RATE_HZ)
-    loud = envelope_db(speech, RATE_HZ) > _peak_db(speech) - 20
-    pieces = [np.zeros(int(LEAD_IN_S * RATE_HZ), np.float32)]
+    length = int(piece_s * SAMPLE_RATE_HZ)
+    loud = envelope_db(speech, SAMPLE_RATE_HZ) > _peak_db(speech) - 20
+    pieces = [np.zeros(int(LEAD_IN_S * SAMPLE_RATE_HZ), np.float32)]
     used = len(pieces[0])
     for _ in range(1000):
-        if used >= seconds * RATE_HZ:
+        if used >= seconds * SAMPLE_RATE_HZ:
             break
         start = int(rng.integers(0, max(1, len(speech) - length)))
-        window = slice(start // _hop(RATE_HZ), (start + length) // _hop(RATE_HZ))
+        window = slice(start // _hop(SAMPLE_RATE_HZ), (start + length) // _hop(SAMPLE_RATE_HZ))
         if loud[window].mean() < 0.3:
             continue  # mostly pause or noise: no clear mouth movement to time
-        gap = np.zeros(int(rng.uniform(0.6, 0.9) * RATE_HZ), np.float32)  # onsets off the frame grid
+        gap = np.zeros(int(rng.uniform(0.6, 0.9) * SAMPLE_RATE_HZ), np.float32)  # onsets off the frame grid
         pieces += [_faded(speech[start : start + length]), gap]
         used += length + len(gap)
-    audio = _normalised(np.concatenate(pieces)[: int(seconds * RATE_HZ)])
-    return TestSignal(path.stem, audio, audio_onsets(audio, RATE_HZ))
+    audio = _normalised(np.concatenate(pieces)[: int(seconds * SAMPLE_RATE_HZ)])
+    return TestSignal(path.stem, audio, audio_onsets(audio, SAMPLE_RATE_HZ))
 
 
 def audio_onsets(audio: FloatArray, rate_hz: int) -> FloatArray:
@@ -116,13 +116,13 @@ def envelope_db(audio: FloatArray, rate_hz: int) -> FloatArray:
 
 
 def _peak_db(audio: FloatArray) -> float:
-    return float(np.percentile(envelope_db(audio, RATE_HZ), 99))
+    return float(np.percentile(envelope_db(audio, SAMPLE_RATE_HZ), 99))
 
 
 def _loud_start(loud: npt.NDArray[np.bool_], cursor: int, length: int, total: int) -> int:
     """The first sample at or after ``cursor`` whose 5 ms envelope is ``loud`` (a syllable starts)
     and that leaves ``length`` samples before the end (``total``)."""
-    hop = _hop(RATE_HZ)
+    hop = _hop(SAMPLE_RATE_HZ)
     for index in range(cursor // hop, len(loud)):
         if loud[index] and index * hop + length <= total:
             return index * hop
@@ -131,7 +131,7 @@ def _loud_start(loud: npt.NDArray[np.bool_], cursor: int, length: int, total: in
 
 def _faded(piece: FloatArray, fade_ms: float = 5.0) -> FloatArray:
     """A 5 ms fade at both ends (no click in the silence, where the mouth must stay closed)."""
-    fade = min(len(piece) // 2, int(RATE_HZ * fade_ms / 1000))
+    fade = min(len(piece) // 2, int(SAMPLE_RATE_HZ * fade_ms / 1000))
     out = piece.astype(np.float32).copy()
     ramp = np.linspace(0, 1, fade, dtype=np.float32)
     out[:fade] *= ramp

@@ -34,23 +34,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import common
 from benchmarks.ceiling import ceiling, frame_cost, measure_peak
-from benchmarks.common import (
-    add_avatar_arguments,
-    add_output_arguments,
-    bench_avatar,
-    percentiles,
-    pyplot,
-    report,
-    run_script,
-)
 from benchmarks.latency import stream_settings
+from engines.timebase import FPS, FRAME_MS
 from offline_training.synthetic.speech import synthesize_speech
 from realtime.engine import AvatarEngine
+from realtime.file_stream import stream_file
 from realtime.live import push_samples
-from realtime.offline import stream_file
 from realtime.session import StreamingSession
-from realtime.settings import FPS, FRAME_MS
 
 LATENESS_LIMIT_MS = FRAME_MS  # p95 frame lateness beyond one frame: real time is broken
 
@@ -67,7 +59,7 @@ def saturated_frames_per_s(engine: AvatarEngine, frames: int) -> float:
 
 
 async def _one_session(engine: AvatarEngine, seed: int, seconds: float) -> dict[str, Any]:
-    session = StreamingSession(engine, realtime=True)
+    session = StreamingSession(engine, paced=True)
     audio = synthesize_speech(seed, seconds + 2).audio
     feeder = asyncio.create_task(push_samples(session, audio))
     lateness: list[float] = []
@@ -103,7 +95,7 @@ async def run_sessions(engine: AvatarEngine, count: int, seconds: float) -> dict
     finite = np.where(np.isfinite(lateness), lateness, 1e6)
     return {
         "sessions": count,
-        "frame_lateness_ms": percentiles(finite),
+        "frame_lateness_ms": common.percentiles(finite),
         "late_fraction": float((finite > LATENESS_LIMIT_MS).mean()),
         "rendered_frames_per_s": sum(r["rendered_per_s"] for r in results),
         "rendered_frames_per_s_per_session": [round(r["rendered_per_s"], 2) for r in results],
@@ -156,90 +148,87 @@ def measure(args: argparse.Namespace, avatar: Path, peak: dict[str, Any]) -> lis
 
 
 def markdown(result: dict[str, Any]) -> str:
-    m, peak = result["machine"], result["peak"]
+    peak = result["peak"]
     lines = [
         f"# throughput — {result['date']}",
         "",
-        f"Machine: {m['processor']} ({m['cpus']} CPUs, torch {m['torch']}, GPU {m['gpu']}), commit "
-        f"{result['commit']}. Avatar `{result['avatar']}`. Measured peak {peak['gflop_per_s_best']:.0f} "
-        f"GFLOP/s, {peak['gbyte_per_s_best']:.1f} GB/s. Sessions: {result['seconds']:.0f} s each step; "
+        f"{common.machine_line(result)}. Avatar `{result['avatar']}`. Measured peak "
+        f"{peak['gflop_per_s_best']:.0f} GFLOP/s, {peak['gbyte_per_s_best']:.1f} GB/s. "
+        f"Sessions: {result['seconds']:.0f} s each step; "
         f"real time = p95 frame lateness ≤ {LATENESS_LIMIT_MS:.0f} ms.",
         "",
-        "| preset | backend | C | saturated frames/s | ceiling frames/s | achieved/ceiling "
-        "| real-time sessions | sessions: rendered frames/s, lateness p95 ms |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
     ]
-    for row in result["rows"]:
-        steps = "; ".join(
-            f"{s['sessions']}: {s['rendered_frames_per_s']:.0f} f/s, {s['frame_lateness_ms']['p95']:.0f}"
-            for s in row["sessions"]
-        )
-        lines.append(
-            f"| {row['preset']} | {row['backend']} | {row['chunk_frames']} "
-            f"| {row['saturated_frames_per_s']:.1f} | {row['ceiling_frames_per_s']:.1f} "
-            f"| {100 * row['achieved_over_ceiling']:.0f}% | {row['max_real_time_sessions']} | {steps} |"
-        )
-    return "\n".join(lines) + "\n"
+    columns = ["preset", "backend", "C", "saturated frames/s", "ceiling frames/s", "achieved/ceiling"]
+    columns += ["real-time sessions", "sessions: rendered frames/s, lateness p95 ms"]
+    cells = [
+        [
+            row["preset"],
+            row["backend"],
+            row["chunk_frames"],
+            f"{row['saturated_frames_per_s']:.1f}",
+            f"{row['ceiling_frames_per_s']:.1f}",
+            f"{100 * row['achieved_over_ceiling']:.0f}%",
+            row["max_real_time_sessions"],
+            _steps(row["sessions"]),
+        ]
+        for row in result["rows"]
+    ]
+    return "\n".join(lines + common.markdown_table(columns, "llrrrrrl", cells)) + "\n"
+
+
+def _steps(sessions: list[dict[str, Any]]) -> str:
+    """``count: frames/s, lateness p95`` of each session-count step."""
+    return "; ".join(
+        f"{s['sessions']}: {s['rendered_frames_per_s']:.0f} f/s, {s['frame_lateness_ms']['p95']:.0f}"
+        for s in sessions
+    )
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    plt = pyplot()
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for row in result["rows"]:
-        label = f"{row['backend']} C={row['chunk_frames']}"
-        counts = [s["sessions"] for s in row["sessions"]]
-        left.plot(counts, [s["rendered_frames_per_s"] for s in row["sessions"]], marker="o", label=label)
-        right.plot(
-            counts,
-            [min(s["frame_lateness_ms"]["p95"], 1000) for s in row["sessions"]],
-            marker="o",
-            label=label,
-        )
     top = max((row["sessions"][-1]["sessions"] for row in result["rows"]), default=1)
-    left.plot(
-        [1, top], [FPS, FPS * top], color="grey", linestyle="--", linewidth=1, label="25 fps × sessions"
-    )
-    left.set(title="rendered frames/s, all sessions", xlabel="concurrent sessions", ylabel="frames/s")
-    right.axhline(LATENESS_LIMIT_MS, color="grey", linestyle="--", linewidth=1, label="limit (one frame)")
-    right.set(title="frame lateness p95", xlabel="concurrent sessions", ylabel="ms (capped at 1000)")
-    for axis in (left, right):
-        axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    with common.figure(path, 1, 2, figsize=(11, 4)) as (left, right):
+        for row in result["rows"]:
+            label = f"{row['backend']} C={row['chunk_frames']}"
+            counts = [s["sessions"] for s in row["sessions"]]
+            left.plot(counts, [s["rendered_frames_per_s"] for s in row["sessions"]], marker="o", label=label)
+            right.plot(
+                counts,
+                [min(s["frame_lateness_ms"]["p95"], 1000) for s in row["sessions"]],
+                marker="o",
+                label=label,
+            )
+        left.plot(
+            [1, top], [FPS, FPS * top], color="grey", linestyle="--", linewidth=1, label="25 fps × sessions"
+        )
+        left.set(title="rendered frames/s, all sessions", xlabel="concurrent sessions", ylabel="frames/s")
+        right.axhline(LATENESS_LIMIT_MS, color="grey", linestyle="--", linewidth=1, label="limit (one frame)")
+        right.set(title="frame lateness p95", xlabel="concurrent sessions", ylabel="ms (capped at 1000)")
+        for axis in (left, right):
+            axis.legend(fontsize=7)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_avatar_arguments(parser)
+    common.add_avatar_arguments(parser)
     parser.add_argument("--backend", default="onnxruntime-cpu")
     parser.add_argument("--chunks", nargs="+", type=int, default=[1, 2, 4])
     parser.add_argument("--max-sessions", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each session-count step")
     parser.add_argument("--saturated-frames", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="one chunk size, up to 2 sessions, 4 s")
-    add_output_arguments(parser)
+    common.add_output_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.chunks, args.max_sessions, args.seconds, args.saturated_frames = args.chunks[:1], 2, 4.0, 40
-    avatar = bench_avatar(args.avatar)
+    avatar = common.bench_avatar(args.avatar)
     device = "cuda" if "cuda" in args.backend or args.backend == "tensorrt" else "cpu"
     peak = measure_peak(device, seconds=0.3 if args.quick else 2.0)
     rows = measure(args, avatar, peak)
-    report(
-        "throughput",
-        args,
-        {
-            "avatar": str(avatar),
-            "seconds": args.seconds,
-            "peak": peak,
-            "rows": rows,
-        },
-        markdown,
-        plot,
+    common.report(
+        "throughput", args, markdown, plot, avatar=str(avatar), seconds=args.seconds, peak=peak, rows=rows
     )
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_script(main))
+    raise SystemExit(common.run_script(main))

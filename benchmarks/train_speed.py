@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import REPO, git_commit, machine, percentiles, today, write_results
+from benchmarks import common
 from engines.nets import PRESETS, AdaptiveSmoothing, AudioToExpression, Renderer
 from offline_training.train.discriminator import PatchDiscriminator
 from offline_training.train.losses import (
@@ -74,7 +74,8 @@ def time_training(preset: str, steps: int, device: torch.device) -> dict[str, An
     frames, size = config.sequence_length, config.renderer.image_size
     torch.manual_seed(0)
     renderer = Renderer(config.renderer).to(device)
-    smoothing = AdaptiveSmoothing(config.smoothing, config.audio.mouth_dims).to(device)
+    smoothing = AdaptiveSmoothing(config.smoothing, config.audio.mouth_dims, config.audio.lookahead_frames)
+    smoothing = smoothing.to(device)
     discriminator = PatchDiscriminator(32, 3).to(device)
     g_opt = torch.optim.Adam([*renderer.parameters(), *smoothing.parameters()], lr=1e-4)
     d_opt = torch.optim.Adam(discriminator.parameters(), lr=1e-4)
@@ -106,7 +107,7 @@ def time_training(preset: str, steps: int, device: torch.device) -> dict[str, An
             torch.cuda.synchronize()
         if step:  # the first step warms up allocators and kernels
             times.append(time.perf_counter() - start)
-    step_ms = percentiles([1000 * t for t in times])
+    step_ms = common.percentiles([1000 * t for t in times])
     return {
         "batch": BATCH,
         "frames_per_step": BATCH * frames,
@@ -124,25 +125,24 @@ def markdown(result: dict[str, Any]) -> str:
         f"{result['machine']['torch']}, {result['machine']['torch_threads']} threads), "
         f"device {result['device']}, commit {result['commit']}.",
         "",
-        "| preset | renderer GFLOP/frame | a2e GFLOP/frame | renderer params (M) | step ms p50 | p95 | p99 "
-        "| train frames/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    columns = ["preset", "renderer GFLOP/frame", "a2e GFLOP/frame", "renderer params (M)", "step ms p50"]
+    columns += ["p95", "p99", "train frames/s"]
+    cells = []
     for preset, row in result["presets"].items():
-        timing = row.get("training")
-        timed = (
-            " | ".join(f"{timing['step_ms'][q]:.0f}" for q in ("p50", "p95", "p99"))
-            + f" | {timing['train_frames_per_s_p50']:.1f}"
-            if timing
-            else "— | — | — | —"
+        flops, timing = row["flops"], row.get("training")
+        timed = [f"{timing['step_ms'][q]:.0f}" for q in ("p50", "p95", "p99")] if timing else ["—"] * 3
+        cells.append(
+            [
+                preset,
+                f"{flops['renderer_gflop_per_frame']:.2f}",
+                f"{flops['audio2expression_gflop_per_frame']:.4f}",
+                f"{flops['renderer_params_m']:.1f}",
+                *timed,
+                f"{timing['train_frames_per_s_p50']:.1f}" if timing else "—",
+            ]
         )
-        flops = row["flops"]
-        lines.append(
-            f"| {preset} | {flops['renderer_gflop_per_frame']:.2f} "
-            f"| {flops['audio2expression_gflop_per_frame']:.4f} "
-            f"| {flops['renderer_params_m']:.1f} | {timed} |"
-        )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + common.markdown_table(columns, "lrrrrrrr", cells)) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="FLOPs of every preset, 2 timed tiny steps")
-    parser.add_argument("--results", type=Path, default=REPO / "results")
+    common.add_output_arguments(parser)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     timed = ["tiny"] if args.quick else (args.time_presets or args.presets)
@@ -166,20 +166,9 @@ def main(argv: list[str] | None = None) -> int:
             row["training"] = time_training(preset, steps, device)
         presets[preset] = row
         print(f"{preset}: {row}", flush=True)
-    result = {
-        "name": "train_speed",
-        "date": today(),
-        "commit": git_commit(),
-        "machine": machine(),
-        "device": str(device),
-        "quick": args.quick,
-        "presets": presets,
-    }
-    text = markdown(result)
-    write_results(args.results, "train_speed", result, text, args.quick)
-    print(text)
+    common.report("train_speed", args, markdown, device=str(device), presets=presets)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(common.run_script(main))
