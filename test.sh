@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install into .venv (with the dev tools) and run the checks: ruff, mypy, pytest.
 # Extra arguments go to pytest, e.g. ./test.sh -k prepare   or   ./test.sh -m slow
+# (the default run leaves out only `slow`; `-m "not realtime and not browser"` keeps the
+# deterministic tiers alone).
 set -euo pipefail
 cd "$(dirname "$0")"
 ./install.sh dev
@@ -8,6 +10,6 @@ export PATH="$PWD/.venv/bin:$PATH"
 echo "== ruff" >&2
 ruff check .
 echo "== mypy" >&2
-mypy engines realtime offline_training stableface
+mypy engines realtime offline_training stableface tests
 echo "== pytest" >&2
-pytest "$@"
+pytest --durations=15 "$@"

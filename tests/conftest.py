@@ -1,4 +1,4 @@
-"""Shared fixtures: the team's test data (skipped when absent) and small generated videos."""
+"""Shared fixtures: the optional real test clips (skipped when absent) and small generated videos."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 @pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
-    """``../shared/data`` beside the repository; tests that need it skip where it is absent."""
+    """The optional folder of real test clips beside the checkout (``../shared/data``); tests that
+    need it skip where it is absent."""
     if not SHARED_DATA.is_dir():
         pytest.skip(f"test data folder {SHARED_DATA} is absent (it is not part of the repository)")
     return SHARED_DATA
@@ -24,7 +25,8 @@ def shared_data_dir() -> Path:
 @pytest.fixture(scope="session")
 def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An avatar dataset (96 px crops) of an 8 s synthetic talking face, built once per run."""
-    from offline_training.dataset.builder import PrepareSettings, prepare_dataset
+    from offline_training.dataset.builder import prepare_dataset
+    from offline_training.dataset.settings import PrepareSettings
     from offline_training.synthetic import generate_talking_face, write_talking_face
 
     folder = tmp_path_factory.mktemp("train_data")

@@ -12,7 +12,7 @@ import asyncio
 import json
 import sys
 
-from mouth_probe import speech_with_pauses
+from speech_signals import speech_with_pauses
 
 from realtime.client import ArrayAudioTrack, AvatarClient
 

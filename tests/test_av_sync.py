@@ -62,13 +62,13 @@ def test_bad_tracks_are_refused_in_one_line() -> None:
 def test_mediapipe_reads_the_synthetic_face_opening_its_mouth() -> None:
     """The pixel measure the default-avatar tests rely on tracks the generator's known opening."""
     from engines.geometry.trackers import create_tracker
-    from offline_training.evaluation.mouth_tracks import fill_missing, mouth_opening_track, video_av_sync
+    from offline_training.evaluation.mouth_tracks import fill_missing, lip_gap_track, video_av_sync
     from offline_training.synthetic import generate_talking_face
 
     clip = generate_talking_face(seed=5, duration_s=6.0, size=256)
     tracker = create_tracker("mediapipe")
-    opening = fill_missing(mouth_opening_track(list(clip.frames), tracker))
-    assert np.corrcoef(opening, clip.mouth_opening)[0, 1] > 0.9
+    opening = fill_missing(lip_gap_track(list(clip.frames), tracker))
+    assert np.corrcoef(opening, clip.drawn_opening)[0, 1] > 0.9
     sync = video_av_sync(list(clip.frames), clip.audio, clip.sample_rate_hz, clip.fps, tracker)
     assert sync.correlation > 0.5 and abs(sync.offset_ms) <= 40
 

@@ -207,11 +207,13 @@ def test_auto_picks_the_best_backend_this_machine_has(tiny_avatar: Path) -> None
         assert found == ["onnxruntime-cpu", "torch-cpu"]
     bundle = AvatarBundle.load(tiny_avatar)
     with load_backend(bundle) as backend:
-        assert backend.name == found[0].split("-")[0]
+        assert backend.name == found[0]
         assert backend.shape == StreamShape.for_config(bundle.config)
     assert (tiny_avatar / "engines").is_dir()
-    with load_backend(bundle, "torch") as backend:
-        assert backend.describe()["device"] == "cpu"
+    with load_backend(bundle, "torch-cpu") as backend:
+        assert backend.name == "torch-cpu" and backend.describe()["device"] == "cpu"
+    with pytest.raises(InputError, match="unknown backend"):
+        load_backend(bundle, "onnxruntime")  # one name per backend: no short forms
     with pytest.raises(InputError, match="unknown backend"):
         load_backend(bundle, "tensorflow")
     with pytest.raises(InputError, match="fp32 only"):
@@ -312,3 +314,39 @@ def test_the_graphs_run_in_half_precision_without_mixing_dtypes(networks: Avatar
         )
     assert frames.dtype == features.dtype == mouth.dtype == torch.bfloat16
     assert (frames.float() - reference[0]).abs().max() < 0.1
+
+
+def test_one_thread_setting_per_onnxruntime_backend(tiny_avatar: Path) -> None:
+    from engines.backends.onnxruntime_backend import available_cores
+
+    bundle = AvatarBundle.load(tiny_avatar)
+    with load_backend(bundle, "onnxruntime-cpu", intra_op_threads=1) as backend:
+        assert backend.name == "onnxruntime-cpu" and backend.describe()["intra_op_threads"] == 1
+    with load_backend(bundle, "onnxruntime-cpu") as backend:
+        assert backend.describe()["intra_op_threads"] == available_cores()
+    with pytest.raises(InputError, match="intra-op threads"):
+        load_backend(bundle, "onnxruntime-cpu", intra_op_threads=0)
+
+
+def test_an_open_engine_keeps_blas_on_one_thread_and_closing_the_last_restores_it(
+    tiny_avatar: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from realtime import engine
+    from realtime.engine import AvatarEngine
+
+    def blas_threads() -> set[int]:
+        return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+    monkeypatch.setattr(engine, "_BLAS", engine._SingleThreadedBlas())  # engines other tests left open
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = blas_threads()
+        first = AvatarEngine.load(tiny_avatar, "torch-cpu")
+        second = AvatarEngine.load(tiny_avatar, "torch-cpu")
+        assert blas_threads() == {1}
+        first.close()
+        first.close()  # idempotent: does not release the second engine's hold
+        assert blas_threads() == {1}
+        second.close()
+        assert blas_threads() == before

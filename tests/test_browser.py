@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.realtime]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -91,8 +91,8 @@ def _chromium(tmp_path: Path, wav: Path) -> Any:
 
 def test_chromium_talks_to_the_avatar(served_avatar: str, speaking_avatar: Path, tmp_path: Path) -> None:
     _require_chromium()
-    from mouth_probe import speech_with_pauses
     from selenium.webdriver.common.by import By
+    from speech_signals import speech_with_pauses
 
     from engines.media.encode import write_wav
 
@@ -103,7 +103,7 @@ def test_chromium_talks_to_the_avatar(served_avatar: str, speaking_avatar: Path,
     try:
         driver.get(served_avatar)
         driver.find_element(By.ID, "start").click()
-        state: dict[str, object] = {}
+        state: dict[str, Any] = {}
         deadline = time.monotonic() + 40
         while time.monotonic() < deadline:
             state = driver.execute_script("return Object.assign({}, window.stableface)")
@@ -111,13 +111,13 @@ def test_chromium_talks_to_the_avatar(served_avatar: str, speaking_avatar: Path,
                 state["framesReceived"] >= 75
                 and state["rttMs"] is not None
                 and state["glassToGlassMs"] is not None
-            ):  # type: ignore[operator]
+            ):
                 break
             assert state["status"] != "error", state["error"]
             time.sleep(0.5)
         assert state["status"] == "live", state
-        assert state["framesReceived"] >= 75, state  # type: ignore[operator]
-        assert 0 < state["rttMs"] < 500, state  # type: ignore[operator]
+        assert state["framesReceived"] >= 75, state
+        assert 0 < state["rttMs"] < 500, state
         assert state["pipelineLatencyMs"] == 240, state
         overlay = driver.find_element(By.ID, "stat-frames").text
         assert int(overlay) > 0
@@ -179,14 +179,14 @@ def test_chromium_sees_the_default_avatar_talk(tmp_path: Path) -> None:
     import base64
 
     import cv2
-    from mouth_probe import calibrated_probe, speech_with_pauses
     from selenium.webdriver.common.by import By
+    from speech_signals import calibrated_probe, speech_with_pauses
 
     from engines.bundle import DEFAULT_AVATAR_DIR
     from engines.media.encode import write_wav
     from offline_training.synthetic.speech import synthesize_speech
     from realtime.engine import AvatarEngine
-    from realtime.offline import stream_file
+    from realtime.file_stream import stream_file
 
     engine = AvatarEngine.load(DEFAULT_AVATAR_DIR)
     try:
@@ -219,7 +219,9 @@ def test_chromium_sees_the_default_avatar_talk(tmp_path: Path) -> None:
                 assert driver.execute_script("return window.stableface.status") != "error"
                 if data:
                     png = base64.b64decode(data.split(",", 1)[1])
-                    frame = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+                    frame = np.asarray(
+                        cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+                    )
                     scores.append(probe.score(frame))
                 time.sleep(0.06)
             driver.find_element(By.ID, "stop").click()

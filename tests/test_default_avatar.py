@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from engines.bundle import DEFAULT_AVATAR_DIR, MANIFEST, AvatarBundle
+from engines.timebase import FPS, SAMPLE_RATE_HZ
 from realtime.engine import AvatarEngine
-from realtime.offline import stream_file
-from realtime.settings import SAMPLE_RATE_HZ, StreamSettings
+from realtime.file_stream import stream_file
+from realtime.settings import StreamSettings
 
 MAX_BUNDLE_BYTES = 25_000_000
 SPEECH_FILES = sorted((Path(__file__).resolve().parents[2] / "shared" / "data" / "speech").glob("*.wav"))
@@ -42,7 +43,7 @@ def test_the_bundle_is_shipped_small_and_made_from_project_data() -> None:
     assert bundle.manifest.training["recipe_seed"] == 0
     provenance = (DEFAULT_AVATAR_DIR / "PROVENANCE.md").read_text()
     assert "astronaut" in provenance and "stableface build-default" in provenance
-    # No path of the team's test data anywhere in what ships.
+    # No path of the real test-clip folder anywhere in what ships.
     assert all(b"shared/data" not in path.read_bytes() for path in files if path.suffix in {".json", ".md"})
 
 
@@ -50,7 +51,7 @@ def _tracked_sync(engine: AvatarEngine, audio: np.ndarray, tracker: object) -> t
     from offline_training.evaluation.mouth_tracks import video_av_sync
 
     images = [frame.image for frame in stream_file(engine, audio) if frame.image is not None]
-    sync = video_av_sync(images, audio, SAMPLE_RATE_HZ, 25.0, tracker)  # type: ignore[arg-type]
+    sync = video_av_sync(images, audio, SAMPLE_RATE_HZ, FPS, tracker)  # type: ignore[arg-type]
     return sync.correlation, sync.offset_ms
 
 
@@ -71,18 +72,18 @@ def test_speech_files_are_there_when_the_data_is(shared_data_dir: Path) -> None:
 
 
 def test_two_seconds_of_silence_close_the_mouth(default_engine: AvatarEngine) -> None:
-    from mouth_probe import speech_with_pauses
+    from speech_signals import speech_with_pauses
 
     audio, _ = speech_with_pauses(5, [("speech", 2.0), ("silence", 2.0)])
     frames = list(stream_file(default_engine, audio))
-    rest = default_engine.frames.mouth_opening(default_engine.frames.rest_mouth)
-    speaking = np.array([frame.mouth_opening for frame in frames[:50]])
-    closing = np.array([frame.mouth_opening for frame in frames[-25:]])
+    rest = default_engine.frames.inner_lip_area(default_engine.frames.rest_mouth)
+    speaking = np.array([frame.inner_lip_area for frame in frames[:50]])
+    closing = np.array([frame.inner_lip_area for frame in frames[-25:]])
     assert speaking.max() > rest + 0.5 * (speaking.max() - speaking.min()), "it never opened its mouth"
     np.testing.assert_allclose(closing, rest, atol=1e-6 * max(1.0, abs(rest)))
     silent = list(stream_file(default_engine, np.zeros(2 * SAMPLE_RATE_HZ, np.float32)))
     np.testing.assert_allclose(
-        [frame.mouth_opening for frame in silent], rest, atol=1e-6 * max(1.0, abs(rest))
+        [frame.inner_lip_area for frame in silent], rest, atol=1e-6 * max(1.0, abs(rest))
     )
 
 

@@ -71,7 +71,10 @@ def _shaken(frames: np.ndarray, amplitude: float, seed: int = 0) -> np.ndarray:
     return np.stack(
         [
             cv2.warpAffine(
-                frame, np.float64([[1, 0, dx], [0, 1, dy]]), (side, side), borderMode=cv2.BORDER_REPLICATE
+                frame,
+                np.array([[1, 0, dx], [0, 1, dy]], np.float64),
+                (side, side),
+                borderMode=cv2.BORDER_REPLICATE,
             )
             for frame, (dx, dy) in zip(frames, offsets, strict=True)
         ]
@@ -138,7 +141,10 @@ def test_msi_of_a_real_clip_survives_reencoding_and_2x_rescaling(
     write_mp4(reencoded, iter(frames), 25.0, crf=8)
     side = frames[0].shape[1] * 2
     write_mp4(
-        doubled, (cv2.resize(f, (side, side), interpolation=cv2.INTER_CUBIC) for f in frames), 25.0, crf=8
+        doubled,
+        (np.asarray(cv2.resize(f, (side, side), interpolation=cv2.INTER_CUBIC), np.uint8) for f in frames),
+        25.0,
+        crf=8,
     )
     tracker = create_tracker("onnx68", shared_data_dir / "landmarks" / "pfld.onnx")
     sources = {

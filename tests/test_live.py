@@ -45,6 +45,7 @@ def _frames(path: Path) -> tuple[int, int, int]:
     return len(frames), frames[0].width, frames[0].height
 
 
+@pytest.mark.realtime
 def test_live_writes_a_y4m_file(tiny_avatar: Path, speech_wav: Path, tmp_path: Path) -> None:
     out = tmp_path / "avatar.y4m"
     result = _run("live", "--avatar", str(tiny_avatar), "--audio", str(speech_wav), "--y4m", str(out))
@@ -56,6 +57,7 @@ def test_live_writes_a_y4m_file(tiny_avatar: Path, speech_wav: Path, tmp_path: P
     assert "ended: end of input" in result.stderr.decode()
 
 
+@pytest.mark.realtime
 def test_live_y4m_on_stdout_pipes_into_ffmpeg(tiny_avatar: Path, speech_wav: Path, tmp_path: Path) -> None:
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
@@ -94,6 +96,7 @@ def test_live_y4m_on_stdout_pipes_into_ffmpeg(tiny_avatar: Path, speech_wav: Pat
     assert count >= SPEECH_S * 25
 
 
+@pytest.mark.realtime
 def test_a_reader_that_closes_the_pipe_ends_live_cleanly(tiny_avatar: Path, speech_wav: Path) -> None:
     live = subprocess.Popen(
         [*STABLEFACE, "live", "--avatar", str(tiny_avatar), "--audio", str(speech_wav), "--y4m", "-"],
@@ -150,6 +153,7 @@ def _loopback_devices() -> list[str]:
     ]
 
 
+@pytest.mark.realtime
 def test_live_feeds_a_virtual_camera(tiny_avatar: Path, speech_wav: Path) -> None:
     devices = _loopback_devices()
     if not devices:

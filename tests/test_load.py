@@ -1,11 +1,11 @@
-"""Load: concurrent aiortc callers on one `tiny` avatar server process for 60 s.
+"""Load: concurrent aiortc callers on one `tiny` avatar server process for 40 s.
 
-4 callers in the default run, 8 with ``-m slow``. The server and every caller share this 2-core
+4 callers in the default run, 8 with ``-m slow``. The server and every caller share a 2-core
 machine: at 8 calls the server needs 200 frames/s (`tiny` saturates at 125) and the callers
 compete with it for the CPU, so a starved caller can miss the server's ICE consent checks (0.5 s
-to answer each) and have its call dropped after 30 s. On 2026-11-25 that happened in 3 of 3
-runs of the unchanged code that had passed twice earlier that day; 4 calls stay within the
-machine's capacity. See docs/serving.md, "Load on a 2-core CPU".
+to answer each) and have its call dropped after 30 s; the 8-call run sits at the machine's edge
+and fails intermittently there, while 4 calls stay within its capacity. See docs/serving.md,
+"Load on a 2-core CPU".
 
 The callers run in processes of 2 (real callers are separate machines): 8 calls decoded in one
 Python process made that process's event loop the bottleneck — datagrams queued long enough that
@@ -24,12 +24,15 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from mouth_probe import speech_with_pauses
+from speech_signals import speech_with_pauses
 
 from realtime.client import ArrayAudioTrack, AvatarClient
 
+pytestmark = pytest.mark.realtime
+
 CALLS_PER_PROCESS = 2
-CALL_S = 60.0
+# Past the 30 s at which a caller starved of CPU loses its call (missed ICE consent checks).
+CALL_S = 40.0
 
 
 def _rss_mb(pid: int) -> float:
@@ -49,7 +52,7 @@ async def _call(url: str, seconds: float, seed: int) -> AvatarClient:
 
 async def _health(url: str) -> dict[str, float]:
     async with aiohttp.ClientSession() as http, http.get(f"{url}healthz") as response:
-        return await response.json()  # type: ignore[no-any-return]
+        return await response.json()
 
 
 async def _sessions(url: str) -> int:
@@ -58,7 +61,7 @@ async def _sessions(url: str) -> int:
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads server memory from /proc")
 @pytest.mark.parametrize("call_count", [4, pytest.param(8, marks=pytest.mark.slow)])
-async def test_callers_for_a_minute(call_count: int, tiny_avatar: Path, tmp_path: Path) -> None:
+async def test_callers_for_forty_seconds(call_count: int, tiny_avatar: Path, tmp_path: Path) -> None:
     log_path = tmp_path / "serve.log"
     with log_path.open("w") as log:
         server = subprocess.Popen(
@@ -123,16 +126,16 @@ async def test_callers_for_a_minute(call_count: int, tiny_avatar: Path, tmp_path
     log_text = log_path.read_text()
     endings = "\n".join(line for line in log_text.splitlines() if " ended: " in line or "Consent" in line)
     received = [call["frames"] for call in calls]
-    last_minute = [call["last_5s"] for call in calls]
+    last_5s = [call["last_5s"] for call in calls]
     print(
-        f"frames received per caller {received}; in the last 5 s {last_minute}; server RSS "
+        f"frames received per caller {received}; in the last 5 s {last_5s}; server RSS "
         f"baseline {baseline_mb:.0f} MB, with {call_count} calls {peak_mb:.0f} MB, after {after_mb:.0f} MB; "
         f"server event-loop lag max {health['max_event_loop_lag_ms']} ms"
     )
     assert alive == call_count, f"every call was still up at the end; server log:\n{endings}"
     assert [call["state"] for call in calls] == ["connected"] * call_count, calls
     assert all(n >= 0.9 * CALL_S * 25 for n in received), received
-    assert all(n >= 0.8 * 5 * 25 for n in last_minute), last_minute  # still flowing at the end
+    assert all(n >= 0.8 * 5 * 25 for n in last_5s), last_5s  # still flowing at the end
     assert server.returncode == 0
     assert not re.search(r"^(ERROR|CRITICAL)|Traceback", log_text, re.M), log_text[-3000:]
     assert after_mb <= 1.1 * baseline_mb, (baseline_mb, after_mb)

@@ -1,4 +1,4 @@
-"""`prepare` on the team's real clips (skipped where ../shared/data is absent)."""
+"""`prepare` on the optional real test clips (skipped where ../shared/data is absent)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from engines.geometry.crop import paste_back
 from engines.geometry.layouts import MEDIAPIPE478
 from engines.media.decode import iter_video_frames
 from offline_training.dataset import AvatarDataset
-from offline_training.dataset.builder import PrepareSettings, prepare_dataset
+from offline_training.dataset.builder import prepare_dataset
+from offline_training.dataset.settings import PrepareSettings
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,7 @@ def test_face_model_explains_the_aligned_shapes(obama_clip2: AvatarDataset) -> N
     assert explained == pytest.approx(obama_clip2.manifest.face_model.explained_variance, abs=1e-3)
 
 
-def test_mouth_parameters_predict_the_mouth_opening_on_unseen_frames(obama_clip2: AvatarDataset) -> None:
+def test_mouth_parameters_predict_the_inner_lip_distance_on_unseen_frames(obama_clip2: AvatarDataset) -> None:
     opening = _inner_lip_distance(obama_clip2.landmarks)
     design = np.c_[obama_clip2.mouth_params, np.ones(len(obama_clip2))]
     split = obama_clip2.split(0.2)

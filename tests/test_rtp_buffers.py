@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 from aiortc import RTCPeerConnection
 from aiortc.rtp import RtpPacket
 
@@ -56,6 +59,22 @@ async def test_every_receiver_of_a_connection_gets_the_prompt_buffer() -> None:
     pc.addTransceiver("audio", direction="sendrecv")
     pc.addTransceiver("video", direction="recvonly")
     use_prompt_jitter_buffers(pc)
-    buffers = [t.receiver._RTCRtpReceiver__jitter_buffer for t in pc.getTransceivers()]
+    buffers = [t.receiver._RTCRtpReceiver__jitter_buffer for t in pc.getTransceivers()]  # type: ignore[attr-defined]
     assert all(isinstance(buffer, PromptJitterBuffer) for buffer in buffers)
+    await pc.close()
+
+
+async def test_an_aiortc_without_the_private_attribute_keeps_its_own_buffers_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pc = RTCPeerConnection()
+    pc.addTransceiver("audio", direction="sendrecv")
+    receiver = pc.getTransceivers()[0].receiver
+    own = receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
+    del receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]  # as a release without it
+    with caplog.at_level(logging.WARNING, logger="realtime.rtp_buffers"):
+        use_prompt_jitter_buffers(pc)
+    assert "receive buffering keeps its delay" in caplog.text
+    assert not hasattr(receiver, "_RTCRtpReceiver__jitter_buffer")
+    receiver._RTCRtpReceiver__jitter_buffer = own  # type: ignore[attr-defined]
     await pc.close()

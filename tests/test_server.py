@@ -12,13 +12,15 @@ import aiohttp
 import numpy as np
 import pytest
 from aiortc import RTCPeerConnection
-from mouth_probe import calibrated_probe, envelope_per_frame, speech_with_pauses
+from speech_signals import calibrated_probe, envelope_per_frame, speech_with_pauses
 
 from realtime.avatars import AvatarCatalog, AvatarSpec
 from realtime.client import ArrayAudioTrack, AvatarClient, ClientRecording, OfferRefused
 from realtime.mouth_probe import MouthProbe
-from realtime.peer import PeerTimeouts
-from realtime.server import MAX_BODY_BYTES, AvatarServer, ServerSettings
+from realtime.server import MAX_BODY_BYTES, AvatarServer
+from realtime.settings import PeerTimeouts, ServerSettings
+
+pytestmark = pytest.mark.realtime
 
 CALL_PATTERN = [("silence", 1.0), ("speech", 2.0), ("silence", 1.5), ("speech", 2.0), ("silence", 1.5)]
 
@@ -36,7 +38,7 @@ def probe(catalog: AvatarCatalog) -> MouthProbe:
 
 
 async def _serve(catalog: AvatarCatalog, **settings: object) -> tuple[AvatarServer, object]:
-    server = AvatarServer(catalog, ServerSettings(port=0, **settings))  # type: ignore[arg-type]
+    server = AvatarServer(catalog, ServerSettings(port=0, **settings))
     return server, await server.start()
 
 
@@ -62,7 +64,8 @@ def _lagged_correlation(
     return best
 
 
-async def _until(condition: Callable[[], bool], timeout_s: float = 3.0) -> None:
+async def _until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Wait for ``condition``; the timeout only bounds a hang (a loaded machine may take seconds)."""
     deadline = time.monotonic() + timeout_s
     while not condition():
         assert time.monotonic() < deadline, "timed out"
@@ -170,7 +173,7 @@ async def test_bad_offers_get_clear_errors_while_a_call_goes_on(server: AvatarSe
     offer = f"{server.url}offer"
     video_only = await _offer_sdp(audio=False)
     audio_only = await _offer_sdp(video=False)
-    cases = [
+    cases: list[tuple[bytes | str, int, str]] = [
         (b"{not json", 400, "JSON"),
         (b"[1, 2]", 400, "object"),
         (json.dumps({"type": "offer"}), 400, "sdp"),
@@ -190,7 +193,8 @@ async def test_bad_offers_get_clear_errors_while_a_call_goes_on(server: AvatarSe
     for body, status, words in cases:
         got, answer = await _post(offer, body)
         assert got == status, (body[:60], got, answer)
-        assert isinstance(answer.get("error"), str) and words in answer["error"], answer
+        error = answer.get("error")
+        assert isinstance(error, str) and words in error, answer
     await asyncio.sleep(1.0)
     await good.close()
     await _until(lambda: not server.sessions)
@@ -233,7 +237,7 @@ async def test_a_full_server_answers_503_and_frees_slots_on_hang_up(catalog: Ava
             await clients[2].connect()
         assert refused.value.status == 503 and "full" in str(refused.value.body["error"])
         await clients[0].close()
-        await _until(lambda: len(server.sessions) < 2, timeout_s=10.0)  # a loaded 2-core CI machine
+        await _until(lambda: len(server.sessions) < 2)
         late = AvatarClient(server.url, ArrayAudioTrack(audio, 16_000))
         await late.connect()
         await late.close()
@@ -256,7 +260,7 @@ async def test_a_peer_that_goes_silent_on_the_wire_is_dropped(catalog: AvatarCat
         for sender in client.pc.getSenders():  # the peer's machine dies: nothing more is sent
             if sender.track is not None:
                 await sender.stop()
-        await _until(lambda: not server.sessions, 6.0)
+        await _until(lambda: not server.sessions)
         assert session.reason == "peer vanished"
     finally:
         await client.close()

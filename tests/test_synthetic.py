@@ -25,24 +25,24 @@ def test_same_seed_same_clip_other_seed_other_clip(clip) -> None:
     np.testing.assert_array_equal(again.audio, clip.audio)
     other = generate_talking_face(seed=12, duration_s=4.0, size=192)
     assert not np.array_equal(other.audio, clip.audio)
-    assert not np.array_equal(other.mouth_opening, clip.mouth_opening)
+    assert not np.array_equal(other.drawn_opening, clip.drawn_opening)
 
 
 def test_shapes_and_lengths_agree(clip) -> None:
     assert clip.frames.shape == (100, 192, 192, 3) and clip.frames.dtype == np.uint8
     assert clip.audio.shape == (64_000,) and clip.audio.dtype == np.float32
-    assert clip.mouth_opening.shape == (100,)
-    assert clip.mouth_opening.min() >= 0.0 and clip.mouth_opening.max() <= 1.0
+    assert clip.drawn_opening.shape == (100,)
+    assert clip.drawn_opening.min() >= 0.0 and clip.drawn_opening.max() <= 1.0
     assert np.abs(clip.audio).max() <= 1.0
 
 
-def test_mouth_opening_follows_the_loudness_and_closes_in_pauses(clip) -> None:
+def test_drawn_opening_follows_the_loudness_and_closes_in_pauses(clip) -> None:
     rms = np.sqrt((clip.audio.reshape(100, 640) ** 2).mean(1))
-    assert np.corrcoef(rms, clip.mouth_opening)[0, 1] > 0.7
+    assert np.corrcoef(rms, clip.drawn_opening)[0, 1] > 0.7
     silent = rms < 1e-4
     assert silent.sum() >= 5  # phrases are separated by pauses
-    assert clip.mouth_opening[silent].max() < 0.05
-    assert clip.mouth_opening.max() > 0.4
+    assert clip.drawn_opening[silent].max() < 0.05
+    assert clip.drawn_opening.max() > 0.4
 
 
 def test_speech_has_voice_pitch_and_formants() -> None:
@@ -63,7 +63,7 @@ def test_mediapipe_tracks_every_frame_and_the_lips_follow_the_target(clip) -> No
         eyes = np.linalg.norm(points[[33, 133], :2].mean(0) - points[[362, 263], :2].mean(0))
         gaps.append(np.linalg.norm(points[13, :2] - points[14, :2]) / eyes)
     tracker.close()
-    assert np.corrcoef(gaps, clip.mouth_opening)[0, 1] > 0.8
+    assert np.corrcoef(gaps, clip.drawn_opening)[0, 1] > 0.8
 
 
 def test_written_files_read_back(tmp_path: Path, clip) -> None:

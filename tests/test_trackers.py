@@ -113,3 +113,34 @@ def test_unknown_tracker_names_the_choices() -> None:
 def test_face_alignment_missing_names_the_extra() -> None:
     with pytest.raises(MissingDependencyError, match=r"pip install -e \.\[eval\]"):
         create_tracker("face-alignment")
+
+
+def test_mediapipe_silences_its_start_only_and_gives_stderr_back(capfd: pytest.CaptureFixture[str]) -> None:
+    import os
+    import threading
+
+    from engines.geometry.trackers.mediapipe_tracker import native_stderr_silenced
+
+    tracker = create_tracker("mediapipe")
+    tracker.track(BLANK)  # the graph starts: its native log lines go nowhere
+    os.write(2, b"after the start\n")
+    assert capfd.readouterr().err == "after the start\n"
+    tracker.close()
+
+    inside, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with native_stderr_silenced():
+            inside.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    inside.wait(5)
+    with native_stderr_silenced():  # overlapping holders on two threads
+        os.write(2, b"lost\n")
+    os.write(2, b"still silenced\n")
+    release.set()
+    holder.join(5)
+    os.write(2, b"back\n")
+    assert capfd.readouterr().err == "back\n"

@@ -34,7 +34,7 @@ def _settings(dataset: Path, out: Path, **overrides: object) -> TrainSettings:
         "batch_size": 2,
     }
     values.update(overrides)
-    return TrainSettings(**values)  # type: ignore[arg-type]
+    return TrainSettings(**values)
 
 
 def test_tiny_training_makes_validation_loss_fall(synthetic_dataset: Path, tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
-"""Test helpers around the mouth probe (``realtime.mouth_probe``): a probe calibrated on generated
-speech the tests never send, speech with pauses, per-frame loudness."""
+"""Test speech and what tests measure it with: speech with pauses, per-frame loudness, and a mouth
+probe (``realtime.mouth_probe``) calibrated on generated speech the tests never send."""
 
 from __future__ import annotations
 
