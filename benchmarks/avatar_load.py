@@ -24,7 +24,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common
-from benchmarks.serve_process import serve_process
+from realtime.serve_process import serve_in_process
 
 
 def _timed(action: Any) -> float:
@@ -39,7 +39,7 @@ def _timed(action: Any) -> float:
 
 def _serve_start_s(avatar: Path) -> float:
     started = time.perf_counter()
-    with serve_process(avatar, "auto", None):
+    with serve_in_process(["--avatar", f"bench={avatar}", "--backend", "auto"]):
         return time.perf_counter() - started
 
 

@@ -43,7 +43,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common
 from benchmarks.lip_timing import analyse, render_response
-from benchmarks.serve_process import serve_process
 from benchmarks.signals import TestSignal, bursts, speech_pieces
 from engines.timebase import FPS
 from offline_training.synthetic.speech import synthesize_speech
@@ -51,6 +50,7 @@ from realtime.audio_input import AudioInput
 from realtime.client import ArrayAudioTrack, AvatarClient, ClientRecording
 from realtime.engine import AvatarEngine
 from realtime.mouth_probe import MouthProbe
+from realtime.serve_process import serve_in_process
 from realtime.settings import StreamSettings
 
 SEND_RATE_HZ = 48_000  # what browsers capture and send
@@ -150,7 +150,12 @@ def mouth_to_photon(
 ) -> dict[str, Any]:
     """One server process, one call per signal; delays pooled over the signals."""
     runs = []
-    with serve_process(avatar, backend, settings.chunk_frames, settings.compute_allowance_ms) as url:
+    arguments = ["--avatar", f"bench={avatar}", "--backend", backend]
+    arguments += ["--chunk", str(settings.chunk_frames)] if settings.chunk_frames else []
+    if settings.compute_allowance_ms is not None:
+        arguments += ["--compute-allowance-ms", str(settings.compute_allowance_ms)]
+    with serve_in_process(arguments) as server:
+        url = server.url
         for signal in signals:
             recording, started = asyncio.run(call(url, signal))
             runs.append(analyse(signal, recording, started, probe))

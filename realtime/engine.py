@@ -11,7 +11,6 @@ gains.
 from __future__ import annotations
 
 import logging
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from engines.avatar_frames import AvatarFrames
 from engines.backends import StreamShape, load_backend
 from engines.backends.base import Backend
 from engines.bundle import AvatarBundle
+from engines.process_hold import CountedHold
 from engines.timebase import FRAME_MS
 from realtime.settings import FEATURE_MARGIN_MS, StreamSettings, output_delay_frames
 from realtime.stream import AvatarStream
@@ -28,34 +28,19 @@ from realtime.stream import AvatarStream
 logger = logging.getLogger(__name__)
 
 
-class _SingleThreadedBlas:
+def _single_threaded_blas() -> CountedHold[threadpool_limits]:
     """numpy's BLAS on one thread while any engine is open; the previous limits return when the last
     engine closes (the limit is process-wide, so it is counted across engines).
 
     The per-frame products of the hot path are tiny, and BLAS threads would only wait on cores that
     the backend's own threads keep busy (13.8 ms -> 0.03 ms for one product, measured).
     """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._holders = 0
-        self._limits: threadpool_limits | None = None
-
-    def acquire(self) -> None:
-        with self._lock:
-            if self._holders == 0:
-                self._limits = threadpool_limits(limits=1, user_api="blas")
-            self._holders += 1
-
-    def release(self) -> None:
-        with self._lock:
-            self._holders -= 1
-            if self._holders == 0 and self._limits is not None:
-                self._limits.restore_original_limits()
-                self._limits = None
+    return CountedHold(
+        lambda: threadpool_limits(limits=1, user_api="blas"), lambda limits: limits.restore_original_limits()
+    )
 
 
-_BLAS = _SingleThreadedBlas()
+_BLAS = _single_threaded_blas()
 
 
 class AvatarEngine:
@@ -66,7 +51,7 @@ class AvatarEngine:
         backend: a backend loaded for this avatar's networks.
         settings: default stream settings of its sessions.
 
-    While it is open, numpy's BLAS runs on one thread in this process (see ``_SingleThreadedBlas``);
+    While it is open, numpy's BLAS runs on one thread in this process (see ``_single_threaded_blas``);
     ``close`` restores the previous limits once no other engine is open.
     """
 

@@ -118,5 +118,5 @@ class ServerSettings(BaseModel):
     @model_validator(mode="after")
     def _tls_pair(self) -> ServerSettings:
         if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("the TLS certificate and key go together")
+            raise ValueError("the TLS certificate and key go together (--cert and --key)")
         return self

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -34,16 +35,21 @@ def default_of(model: type[BaseModel], field: str) -> Any:
     return model.model_fields[field].get_default(call_default_factory=True)
 
 
-def validated(model: type[SettingsT], **values: object) -> SettingsT:
+def validated(model: type[SettingsT], flags: Mapping[str, str] | None = None, **values: object) -> SettingsT:
     """Build a pydantic settings object, turning a validation failure into a one-line error.
 
+    ``flags`` names the command-line option of a field where it is not ``--field-name`` (the error
+    names what the user typed).
+
     Raises:
-        InputError: a value the model refuses, named by its field.
+        InputError: a value the model refuses, named by its option.
     """
     try:
         return model(**values)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
+        field = str(first["loc"][0]) if first["loc"] else ""
+        where = (flags or {}).get(field, "--" + field.replace("_", "-")) if field else ""
+        where += "".join(f".{part}" for part in first["loc"][1:] if isinstance(part, str))
         message = str(first["msg"]).removeprefix("Value error, ")
         raise InputError(f"invalid {where}: {message}" if where else message) from exc

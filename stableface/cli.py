@@ -44,6 +44,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
     settings = validated(
         PrepareSettings,
+        {"video": "VIDEO", "render_size": "--size"},
         video=args.video,
         out=args.out,
         audio=args.audio,
@@ -76,6 +77,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     settings = validated(
         TrainSettings,
+        {"dataset": "DATASET"},
         dataset=args.dataset,
         out=args.out,
         preset=args.preset,

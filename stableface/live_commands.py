@@ -126,6 +126,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = validated(  # before any model is loaded
         ServerSettings,
+        {"ice_servers": "--ice-server", "cert_file": "--cert", "key_file": "--key"},
         host=args.host,
         port=args.port,
         max_sessions=args.max_sessions,

@@ -339,7 +339,7 @@ def test_an_open_engine_keeps_blas_on_one_thread_and_closing_the_last_restores_i
     def blas_threads() -> set[int]:
         return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
 
-    monkeypatch.setattr(engine, "_BLAS", engine._SingleThreadedBlas())  # engines other tests left open
+    monkeypatch.setattr(engine, "_BLAS", engine._single_threaded_blas())  # engines other tests left open
     with threadpool_limits(limits=2, user_api="blas"):
         before = blas_threads()
         first = AvatarEngine.load(tiny_avatar, "torch-cpu")

@@ -5,9 +5,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -17,6 +14,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+
+from realtime.serve_process import serve_in_process
 
 pytestmark = [pytest.mark.browser, pytest.mark.realtime]
 
@@ -31,30 +30,12 @@ def _require_chromium() -> None:
 
 @contextmanager
 def _serve(arguments: list[str], tmp_path: Path) -> Iterator[str]:
-    """``stableface serve ARGUMENTS`` in its own process on a free port; yields its URL."""
-    log = (tmp_path / "serve.log").open("w+")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "stableface", "serve", *arguments, "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        match = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
-        assert match, f"no URL in {line!r}; log: {Path(log.name).read_text()[-2000:]}"
-        yield match.group(1)
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.seek(0)
-        text = log.read()
-        assert process.returncode == 0, text[-2000:]
-        assert "Traceback" not in text and "ERROR" not in text, text[-2000:]
+    """``stableface serve ARGUMENTS`` in its own process; yields its URL. It must stop cleanly."""
+    with serve_in_process(arguments, tmp_path / "serve.log") as server:
+        yield server.url
+    log = server.log()
+    assert server.process.returncode == 0, log[-2000:]
+    assert "Traceback" not in log and "ERROR" not in log, log[-2000:]
 
 
 @pytest.fixture

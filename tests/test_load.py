@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ import pytest
 from speech_signals import speech_with_pauses
 
 from realtime.client import ArrayAudioTrack, AvatarClient
+from realtime.serve_process import serve_in_process
 
 pytestmark = pytest.mark.realtime
 
@@ -63,31 +63,14 @@ async def _sessions(url: str) -> int:
 @pytest.mark.parametrize("call_count", [4, pytest.param(8, marks=pytest.mark.slow)])
 async def test_callers_for_forty_seconds(call_count: int, tiny_avatar: Path, tmp_path: Path) -> None:
     log_path = tmp_path / "serve.log"
-    with log_path.open("w") as log:
-        server = subprocess.Popen(
-            [
-                *[sys.executable, "-m", "stableface", "-v", "serve"],
-                "--avatar",
-                f"tiny={tiny_avatar}",
-                "--port",
-                "0",
-                "--max-sessions",
-                str(call_count),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-        )
-    try:
-        assert server.stdout is not None
-        match = re.search(r"(http://\S+/)", server.stdout.readline())
-        assert match, log_path.read_text()[-2000:]
-        url = match.group(1)
+    arguments = ["--avatar", f"tiny={tiny_avatar}", "--max-sessions", str(call_count)]
+    with serve_in_process(arguments, log_path, verbose=True, stop_timeout_s=30) as server:
+        url = server.url
 
         warm = await _call(url, 3.0, 99)  # first call: allocator arenas, export, caches
         await warm.close()
         await asyncio.sleep(2.0)
-        baseline_mb = _rss_mb(server.pid)
+        baseline_mb = _rss_mb(server.process.pid)
 
         per_process = CALLS_PER_PROCESS
         callers = [
@@ -105,7 +88,7 @@ async def test_callers_for_forty_seconds(call_count: int, tiny_avatar: Path, tmp
         ]
         await asyncio.sleep(CALL_S - 5)
         alive = await _sessions(url)
-        peak_mb = _rss_mb(server.pid)
+        peak_mb = _rss_mb(server.process.pid)
         outputs = await asyncio.gather(*(caller.communicate() for caller in callers))
         calls = [
             call for stdout, _ in outputs for call in json.loads(stdout.decode().strip().splitlines()[-1])
@@ -116,13 +99,7 @@ async def test_callers_for_forty_seconds(call_count: int, tiny_avatar: Path, tmp
                 break
             await asyncio.sleep(0.1)
         await asyncio.sleep(2.0)
-        after_mb = _rss_mb(server.pid)
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        after_mb = _rss_mb(server.process.pid)
     log_text = log_path.read_text()
     endings = "\n".join(line for line in log_text.splitlines() if " ended: " in line or "Consent" in line)
     received = [call["frames"] for call in calls]
@@ -136,6 +113,6 @@ async def test_callers_for_forty_seconds(call_count: int, tiny_avatar: Path, tmp
     assert [call["state"] for call in calls] == ["connected"] * call_count, calls
     assert all(n >= 0.9 * CALL_S * 25 for n in received), received
     assert all(n >= 0.8 * 5 * 25 for n in last_5s), last_5s  # still flowing at the end
-    assert server.returncode == 0
+    assert server.process.returncode == 0
     assert not re.search(r"^(ERROR|CRITICAL)|Traceback", log_text, re.M), log_text[-3000:]
     assert after_mb <= 1.1 * baseline_mb, (baseline_mb, after_mb)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -12,48 +11,33 @@ from typing import Any
 import numpy as np
 
 from engines.geometry.trackers.base import FloatArray, ImageRGB, LandmarkLayout
+from engines.process_hold import CountedHold
 
 LAYOUT = LandmarkLayout("mediapipe478", 478, has_depth=True)
 
 
-class _SilencedStderr:
-    """File descriptor 2 sent to /dev/null while anyone holds it; the real one back when the last lets go.
-
-    Counted so that trackers starting on several threads at once restore the real stderr, not
-    each other's /dev/null.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._holders = 0
-        self._saved: int | None = None
-
-    def acquire(self) -> None:
-        with self._lock:
-            self._holders += 1
-            if self._holders > 1:
-                return
-            sys.stderr.flush()
-            try:
-                saved = os.dup(2)
-            except OSError:  # no usable stderr: nothing to protect
-                return
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, 2)
-            os.close(devnull)
-            self._saved = saved
-
-    def release(self) -> None:
-        with self._lock:
-            self._holders -= 1
-            if self._holders > 0 or self._saved is None:
-                return
-            os.dup2(self._saved, 2)
-            os.close(self._saved)
-            self._saved = None
+def _stderr_to_devnull() -> int | None:
+    """Point file descriptor 2 at /dev/null; returns a duplicate of the real one (None: no stderr)."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no usable stderr: nothing to protect
+        return None
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    return saved
 
 
-_SILENCED_STDERR = _SilencedStderr()
+def _stderr_back(saved: int | None) -> None:
+    if saved is not None:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+# Counted, so that trackers starting on several threads at once restore the real stderr, not each
+# other's /dev/null.
+_SILENCED_STDERR = CountedHold(_stderr_to_devnull, _stderr_back)
 
 
 @contextmanager
