@@ -211,6 +211,6 @@ def test_existing_out_is_refused_unless_overwrite(tmp_path: Path, talking_video:
 
 def test_bad_option_values_are_one_line_errors(tmp_path: Path, talking_video: Path) -> None:
     result = run_cli("prepare", talking_video, "--out", tmp_path / "ds", "--size", "4096")
-    assert_one_line_error(result, "invalid render_size")
+    assert_one_line_error(result, "invalid --size")
     result = run_cli("prepare", talking_video, "--out", tmp_path / "ds", "--tracker", "onnx68")
     assert_one_line_error(result, "onnx68")
