@@ -14,11 +14,11 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from engines.audio.features import LOG_FLOOR, FeatureStats, StreamingLogMel
+from engines.audio.features import LOG_FLOOR, FeatureStats, LogMelConfig, StreamingLogMel
 from engines.timebase import FPS, SAMPLES_PER_FRAME
 
 FloatArray = npt.NDArray[np.float32]
-ROWS_PER_FRAME = 4
+ROWS_PER_FRAME = LogMelConfig().frames_per_video_frame(FPS)
 SILENT_DBFS = -120.0
 
 

@@ -25,6 +25,7 @@ import numpy.typing as npt
 from engines.errors import InputError
 from engines.files import atomic_output
 from offline_training.dataset import AvatarDataset
+from offline_training.train.settings import TrainSettings
 
 logger = logging.getLogger(__name__)
 
@@ -64,16 +65,19 @@ def variants_named(names: list[str] | None) -> list[Variant]:
     return [variant for variant in VARIANTS if variant.name in names]
 
 
+_TRAIN_DEFAULTS = TrainSettings.model_fields
+
+
 @dataclass(frozen=True)
 class TrainingPlan:
-    """How every variant is trained (the same for all of them)."""
+    """How every variant is trained (the same for all of them); defaults are ``TrainSettings``'s."""
 
-    preset: str = "small"
+    preset: str = _TRAIN_DEFAULTS["preset"].default
     steps: int | None = None
     epochs: float | None = None
-    batch_size: int = 2
-    device: str = "cpu"
-    seed: int = 0
+    batch_size: int = _TRAIN_DEFAULTS["batch_size"].default
+    device: str = _TRAIN_DEFAULTS["device"].default
+    seed: int = _TRAIN_DEFAULTS["seed"].default
     vgg_weights: Path | None = None
     show_progress: bool = False
 
