@@ -106,11 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--avatar", type=Path, help="avatar bundle (default: the bundled default avatar)")
     parser.add_argument("--repeats", type=int, default=10, help="loads of each kind (default 10)")
-    parser.add_argument("--quick", action="store_true", help="2 loads of each kind, 1 server start")
+    parser.add_argument("--quick", action="store_true", help="1 load of each kind, 1 server start")
     common.add_output_arguments(parser)
     args = parser.parse_args(argv)
     avatar = common.bench_avatar(args.avatar)
-    common.report("avatar_load", args, markdown, plot, **measure(avatar, 2 if args.quick else args.repeats))
+    common.report("avatar_load", args, markdown, plot, **measure(avatar, 1 if args.quick else args.repeats))
     return 0
 
 

@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     common.add_output_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
-        args.presets, args.chunks, args.iterations, args.warmup = ["tiny"], [2], 5, 1
+        args.presets, args.chunks, args.iterations, args.warmup = ["tiny"], [2], 3, 1
         args.backends = args.backends or ["torch-cpu", "onnxruntime-cpu"]
     args.backends = args.backends or available_backends()
     with tempfile.TemporaryDirectory(prefix="stableface-bench-") as folder:

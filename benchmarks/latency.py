@@ -215,7 +215,7 @@ def measure(args: argparse.Namespace, avatar: Path) -> list[dict[str, Any]]:
                 row["stages"] = stage_latency(engine, args.timed_chunks)
                 probe = None
                 if signals:
-                    calibration = synthesize_speech(CALIBRATION_SEED, 6 if args.quick else 10).audio
+                    calibration = synthesize_speech(CALIBRATION_SEED, 4 if args.quick else 10).audio
                     probe = MouthProbe.calibrate(engine, calibration)
                     row["render_response_ms"] = render_response(engine, signals, probe)
             finally:
@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     common.add_output_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
-        args.timed_chunks, args.signals, args.seconds = 20, ["bursts"], 8.0
+        args.timed_chunks, args.signals, args.seconds = 8, ["bursts"], 7.0
     if "speech" in args.signals and not args.speech:
         args.speech = sorted(SPEECH.glob("*.wav"))
         if not args.speech:

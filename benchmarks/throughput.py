@@ -215,11 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-sessions", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each session-count step")
     parser.add_argument("--saturated-frames", type=int, default=200)
-    parser.add_argument("--quick", action="store_true", help="one chunk size, up to 2 sessions, 4 s")
+    parser.add_argument("--quick", action="store_true", help="one chunk size, up to 2 sessions, 2 s")
     common.add_output_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
-        args.chunks, args.max_sessions, args.seconds, args.saturated_frames = args.chunks[:1], 2, 4.0, 40
+        args.chunks, args.max_sessions, args.seconds, args.saturated_frames = args.chunks[:1], 2, 2.0, 20
     avatar = common.bench_avatar(args.avatar)
     device = "cuda" if "cuda" in args.backend or args.backend == "tensorrt" else "cpu"
     peak = measure_peak(device, seconds=0.3 if args.quick else 2.0)

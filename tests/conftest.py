@@ -58,10 +58,3 @@ def _train_tiny(dataset: Path, out: Path, steps: int) -> Path:
 def tiny_avatar(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A `tiny` avatar bundle trained briefly (30 steps per stage) on the synthetic dataset."""
     return _train_tiny(synthetic_dataset, tmp_path_factory.mktemp("tiny_avatar") / "avatar", 30)
-
-
-@pytest.fixture(scope="session")
-def speaking_avatar(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A `tiny` avatar trained long enough (150 steps per stage) that its rendered *pixels* follow
-    the mouth; tests that only read video (WebRTC, the browser) need that. About a minute."""
-    return _train_tiny(synthetic_dataset, tmp_path_factory.mktemp("speaking_avatar") / "avatar", 150)

@@ -1,4 +1,5 @@
-"""A process of aiortc callers for the load test: ``python load_caller.py URL CALLS SECONDS SEED``.
+"""A process of aiortc callers for the load test: ``python load_caller.py CALLS SECONDS SEED``, then
+the server's URL as one line on stdin (so the process can start while the server does).
 
 Real callers are separate machines; one Python process decoding every call's media would itself be
 the bottleneck (its event loop handles every datagram), so the load test spreads its callers over a
@@ -42,4 +43,5 @@ async def main(url: str, calls: int, seconds: float, seed: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])))
+    server_url = sys.stdin.readline().strip()
+    asyncio.run(main(server_url, int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])))

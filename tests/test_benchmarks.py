@@ -81,11 +81,9 @@ def test_ceiling_quick_bounds_every_preset_by_compute_and_memory(tmp_path: Path)
 
 
 @pytest.mark.realtime
-def test_latency_quick_times_every_stage_and_the_lips_over_webrtc(
-    speaking_avatar: Path, tmp_path: Path
-) -> None:
+def test_latency_quick_times_every_stage_and_the_lips_over_webrtc(tmp_path: Path) -> None:
     module = _load("latency")
-    assert module.main(["--quick", "--avatar", str(speaking_avatar), "--results", str(tmp_path)]) == 0
+    assert module.main(["--quick", "--results", str(tmp_path)]) == 0  # the bundled default avatar
     [result_file] = tmp_path.glob("latency-*-quick.json")
     [row] = json.loads(result_file.read_text())["rows"]
     stages = row["stages"]["stage_ms_per_chunk"]
@@ -104,9 +102,9 @@ def test_latency_quick_times_every_stage_and_the_lips_over_webrtc(
     assert result_file.with_suffix(".md").read_text().startswith("# latency")
 
 
-def test_throughput_quick_counts_frames_per_session_count(speaking_avatar: Path, tmp_path: Path) -> None:
+def test_throughput_quick_counts_frames_per_session_count(tmp_path: Path) -> None:
     module = _load("throughput")
-    assert module.main(["--quick", "--avatar", str(speaking_avatar), "--results", str(tmp_path)]) == 0
+    assert module.main(["--quick", "--results", str(tmp_path)]) == 0  # the bundled default avatar
     [result_file] = tmp_path.glob("throughput-*-quick.json")
     [row] = json.loads(result_file.read_text())["rows"]
     assert row["saturated_frames_per_s"] > 0 and row["ceiling_frames_per_s"] > 0

@@ -39,8 +39,9 @@ def _serve(arguments: list[str], tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def served_avatar(speaking_avatar: Path, tmp_path: Path) -> Iterator[str]:
-    with _serve(["--avatar", f"face={speaking_avatar}"], tmp_path) as url:
+def served_avatar(tmp_path: Path) -> Iterator[str]:
+    """``stableface serve`` with no --avatar: the bundled default avatar."""
+    with _serve([], tmp_path) as url:
         yield url
 
 
@@ -70,7 +71,7 @@ def _chromium(tmp_path: Path, wav: Path) -> Any:
     return webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=os.devnull), options=options)
 
 
-def test_chromium_talks_to_the_avatar(served_avatar: str, speaking_avatar: Path, tmp_path: Path) -> None:
+def test_chromium_talks_to_the_avatar(served_avatar: str, tmp_path: Path) -> None:
     _require_chromium()
     from selenium.webdriver.common.by import By
     from speech_signals import speech_with_pauses
@@ -99,7 +100,8 @@ def test_chromium_talks_to_the_avatar(served_avatar: str, speaking_avatar: Path,
         assert state["status"] == "live", state
         assert state["framesReceived"] >= 75, state
         assert 0 < state["rttMs"] < 500, state
-        assert state["pipelineLatencyMs"] == 240, state
+        pipeline_latency_ms = state["pipelineLatencyMs"]
+        assert pipeline_latency_ms > 0, state
         overlay = driver.find_element(By.ID, "stat-frames").text
         assert int(overlay) > 0
         driver.find_element(By.ID, "show-stats").click()  # the overlay off: the picture alone
@@ -124,13 +126,13 @@ def test_chromium_talks_to_the_avatar(served_avatar: str, speaking_avatar: Path,
     # the screenshot shows the avatar: it matches the avatar's own frame, not a blank or another picture
     import cv2
 
-    from engines.bundle import AvatarBundle
+    from engines.bundle import DEFAULT_AVATAR_DIR, AvatarBundle
 
     decoded = cv2.imdecode(np.frombuffer(screenshot, np.uint8), cv2.IMREAD_GRAYSCALE)
     x, y, w, h = (int(round(v * box[4])) for v in box[:4])
     decoded = decoded[y : y + h, x : x + w]
     shot = cv2.resize(decoded, (96, 96), interpolation=cv2.INTER_AREA).astype(np.float32)
-    reference = AvatarBundle.load(speaking_avatar).reference.full_frame(0)
+    reference = AvatarBundle.load(DEFAULT_AVATAR_DIR).reference.full_frame(0)
     expected = cv2.resize(cv2.cvtColor(reference, cv2.COLOR_RGB2GRAY), (96, 96), interpolation=cv2.INTER_AREA)
     expected = expected.astype(np.float32)
     similarity = np.corrcoef(shot.ravel(), expected.ravel())[0, 1]
@@ -141,6 +143,8 @@ def test_chromium_talks_to_the_avatar(served_avatar: str, speaking_avatar: Path,
         metrics = response.read().decode()
     count = re.search(r"^stableface_client_rtt_ms_count (\S+)", metrics, re.M)
     assert count and float(count.group(1)) >= 1, "the page reported its round trips"
+    served = re.search(r"^stableface_pipeline_latency_ms\{[^}]*\} (\S+)", metrics, re.M)
+    assert served and float(served.group(1)) == pipeline_latency_ms, "the page shows the server's latency"
 
 
 GRAB_FRAME_JS = """

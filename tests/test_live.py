@@ -31,9 +31,23 @@ def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[bytes]
 
 
 def _one_line_error(result: subprocess.CompletedProcess[bytes], *words: str) -> str:
-    stderr = result.stderr.decode().strip()
-    assert result.returncode == 1, stderr
+    return _check_one_line(result.returncode, result.stderr.decode(), *words)
+
+
+def _cli_error(capfd: pytest.CaptureFixture[str], *args: str, words: tuple[str, ...] = ()) -> str:
+    """``stableface ARGS`` in this process (no interpreter start): a one-line error, status 1."""
+    from stableface.cli import main
+
+    capfd.readouterr()
+    status = main(list(args))
+    return _check_one_line(status, capfd.readouterr().err, *words)
+
+
+def _check_one_line(status: int, stderr: str, *words: str) -> str:
+    stderr = stderr.strip()
+    assert status == 1, stderr
     assert "Traceback" not in stderr and len(stderr.splitlines()) == 1, stderr
+    assert "internal error" not in stderr, stderr
     for word in words:
         assert word in stderr, stderr
     return stderr
@@ -112,7 +126,9 @@ def test_a_reader_that_closes_the_pipe_ends_live_cleanly(tiny_avatar: Path, spee
     assert "closed the pipe" in stderr
 
 
-def test_missing_devices_and_drivers_name_what_to_install(tiny_avatar: Path, speech_wav: Path) -> None:
+def test_missing_devices_and_drivers_name_what_to_install(
+    tiny_avatar: Path, speech_wav: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     common = ["live", "--avatar", str(tiny_avatar), "--audio", str(speech_wav)]
     if not _loopback_devices():
         try:
@@ -121,19 +137,17 @@ def test_missing_devices_and_drivers_name_what_to_install(tiny_avatar: Path, spe
             needed = ("v4l2loopback", "modprobe")
         except ImportError:
             needed = ("pyvirtualcam", "pip install")
-        _one_line_error(_run(*common, "--virtual-camera"), *needed)
-    _one_line_error(_run(*common), "--window", "--virtual-camera", "--y4m")
+        _cli_error(capfd, *common, "--virtual-camera", words=needed)
+    _cli_error(capfd, *common, words=("--window", "--virtual-camera", "--y4m"))
+    y4m = ["--y4m", "-"]
+    _cli_error(
+        capfd, "live", "--avatar", str(tiny_avatar), "--audio", str(tiny_avatar / "manifest.json"), *y4m
+    )
+    no_avatar = ["live", "--avatar", "/no/such/avatar", "--audio", str(speech_wav), *y4m]
+    _cli_error(capfd, *no_avatar, words=("/no/such/avatar",))
+    # A whole process, its error raised inside the running live loop: still one line, no traceback.
     _one_line_error(
         _run("live", "--avatar", str(tiny_avatar), "--mic", "no-such-mic", "--y4m", "-"), "microphone"
-    )
-    _one_line_error(
-        _run(
-            "live", "--avatar", str(tiny_avatar), "--audio", str(tiny_avatar / "manifest.json"), "--y4m", "-"
-        )
-    )
-    _one_line_error(
-        _run("live", "--avatar", "/no/such/avatar", "--audio", str(speech_wav), "--y4m", "-"),
-        "/no/such/avatar",
     )
 
 
@@ -166,14 +180,11 @@ def test_live_feeds_a_virtual_camera(tiny_avatar: Path, speech_wav: Path) -> Non
     assert "ended: end of input" in result.stderr.decode()
 
 
-def test_serve_refuses_bad_settings_in_one_line(tiny_avatar: Path) -> None:
-    _one_line_error(
-        _run("serve", "--avatar", str(tiny_avatar), "--ice-server", "http://example.org"), "--ice-server"
-    )
-    _one_line_error(_run("serve", "--avatar", str(tiny_avatar), "--cert", "c.pem"), "--cert and --key")
-    _one_line_error(_run("serve", "--avatar", "/no/such/avatar"), "/no/such/avatar")
-    _one_line_error(_run("serve", "--avatar", str(tiny_avatar), "--port", "70000"), "--port")
-    _one_line_error(
-        _run("serve", "--avatar", str(tiny_avatar), "--cert", __file__, "--key", __file__, "--port", "0"),
-        "TLS",
-    )
+def test_serve_refuses_bad_settings_in_one_line(tiny_avatar: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    avatar = ["serve", "--avatar", str(tiny_avatar)]
+    _cli_error(capfd, *avatar, "--ice-server", "http://example.org", words=("--ice-server",))
+    _cli_error(capfd, *avatar, "--cert", "c.pem", words=("--cert and --key",))
+    _cli_error(capfd, "serve", "--avatar", "/no/such/avatar", words=("/no/such/avatar",))
+    _cli_error(capfd, *avatar, "--port", "70000", words=("--port",))
+    # A whole process, refused only once its avatar is loaded: still one line, no traceback.
+    _one_line_error(_run(*avatar, "--cert", __file__, "--key", __file__, "--port", "0"), "TLS")

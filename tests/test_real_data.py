@@ -14,6 +14,24 @@ from offline_training.dataset import AvatarDataset
 from offline_training.dataset.builder import prepare_dataset
 from offline_training.dataset.settings import PrepareSettings
 
+ADDRESS_SECONDS = 10.0
+
+
+def _first_seconds(video: Path, seconds: float, out: Path) -> Path:
+    """The first ``seconds`` of ``video``, picture and sound stream-copied (the same pixels, no re-encode)."""
+    import av
+
+    with av.open(str(video)) as source, av.open(str(out), "w") as target:
+        kept = [stream for stream in source.streams if stream.type in ("video", "audio")]
+        copies = {stream.index: target.add_stream_from_template(stream) for stream in kept}
+        for packet in source.demux(*kept):
+            # Cut in decode order, so every kept frame still has the frames it refers to.
+            if packet.dts is None or packet.dts * packet.time_base >= seconds:
+                continue
+            packet.stream = copies[packet.stream.index]
+            target.mux(packet)
+    return out
+
 
 @pytest.fixture(scope="module")
 def obama_clip2(shared_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AvatarDataset:
@@ -28,10 +46,16 @@ def obama_clip2(shared_data_dir: Path, tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.fixture(scope="module")
-def obama_address(shared_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AvatarDataset:
-    out = tmp_path_factory.mktemp("address") / "address"
+def address_video(shared_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 10 s of the 720p address video (its own sound track inside)."""
     video = shared_data_dir / "real" / "obama" / "obama_address_720p.mp4"
-    prepare_dataset(PrepareSettings(video=video, out=out, show_progress=False))
+    return _first_seconds(video, ADDRESS_SECONDS, tmp_path_factory.mktemp("address") / "address.mp4")
+
+
+@pytest.fixture(scope="module")
+def obama_address(address_video: Path) -> AvatarDataset:
+    out = address_video.parent / "dataset"
+    prepare_dataset(PrepareSettings(video=address_video, out=out, show_progress=False))
     return AvatarDataset.open(out)
 
 
@@ -83,21 +107,20 @@ def test_mouth_parameters_predict_the_inner_lip_distance_on_unseen_frames(obama_
 
 
 def test_full_frame_address_video_crops_the_face_and_pastes_back(
-    shared_data_dir: Path, obama_address: AvatarDataset
+    address_video: Path, obama_address: AvatarDataset
 ) -> None:
     manifest = obama_address.manifest
     assert (manifest.source.video_width, manifest.source.video_height) == (1280, 720)
-    assert manifest.num_source_frames > 800
+    assert manifest.num_source_frames == round(ADDRESS_SECONDS * 25)
     assert manifest.num_frames >= 0.9 * manifest.num_source_frames
     box = obama_address.crop_box
     assert box.x0 >= 0 and box.y0 >= 0
     assert box.x0 + box.size <= 1280 and box.y0 + box.size <= 720
     assert box.size < 720
     assert _explained_variance(obama_address) >= 0.95
-    video = shared_data_dir / "real" / "obama" / "obama_address_720p.mp4"
     index = 40
     source = int(obama_address.source_frame_index[index])
-    frame = next(f for i, f in enumerate(iter_video_frames(video)) if i == source)
+    frame = next(f for i, f in enumerate(iter_video_frames(address_video)) if i == source)
     crop = obama_address.frame(index)
     np.testing.assert_allclose(crop.astype(float), box.crop(frame, 256).astype(float), atol=2)
     restored = paste_back(frame, crop, box)
@@ -109,7 +132,8 @@ def test_full_frame_address_video_crops_the_face_and_pastes_back(
 
 
 def test_prepare_with_the_68_point_onnx_tracker(shared_data_dir: Path, tmp_path: Path) -> None:
-    video = sorted((shared_data_dir / "real" / "hdtf").glob("*.mp4"))[0]
+    clip = sorted((shared_data_dir / "real" / "hdtf").glob("*.mp4"))[0]
+    video = _first_seconds(clip, 4.0, tmp_path / "clip.mp4")
     out = tmp_path / "ibug"
     prepare_dataset(
         PrepareSettings(
