@@ -130,7 +130,16 @@ async def test_a_call_gets_lip_synced_video_and_delayed_audio(
     assert recording.rtt_ms and all(0 < r < 500 for r in recording.rtt_ms)
 
 
-@pytest.mark.parametrize("rate_hz, channels", [(8000, 1), (16000, 2), (44100, 1), (48000, 2)])
+@pytest.mark.parametrize(
+    "rate_hz, channels",
+    # Opus reaches the server at 48 kHz whatever the caller sent: two rates cover it by default
+    [
+        (8000, 1),
+        pytest.param(16000, 2, marks=pytest.mark.slow),
+        pytest.param(44100, 1, marks=pytest.mark.slow),
+        (48000, 2),
+    ],
+)
 async def test_clients_may_send_any_rate_mono_or_stereo(
     server: AvatarServer, rate_hz: int, channels: int
 ) -> None:
