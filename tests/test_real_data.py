@@ -77,6 +77,21 @@ def _inner_lip_distance(landmarks: np.ndarray) -> np.ndarray:
     return np.linalg.norm(gap, axis=1) / np.linalg.norm(left - right, axis=1)
 
 
+@pytest.fixture(
+    params=[
+        "obama_address",
+        # the separate-audio path is covered on generated video by test_prepare; 750 frames take 13 s
+        pytest.param("obama_clip2", marks=pytest.mark.slow),
+    ]
+)
+def real_dataset(request: pytest.FixtureRequest) -> AvatarDataset:
+    """A dataset prepared from a real clip: the address video's first 10 s (and, under -m slow, the
+    30 s Obama clip with its separate speech file)."""
+    dataset: AvatarDataset = request.getfixturevalue(request.param)
+    return dataset
+
+
+@pytest.mark.slow  # see real_dataset
 def test_obama_clip_with_separate_audio_makes_a_complete_dataset(obama_clip2: AvatarDataset) -> None:
     manifest = obama_clip2.manifest
     assert manifest.num_source_frames == 750  # 30 s at 25 fps from a 30 fps source
@@ -87,21 +102,23 @@ def test_obama_clip_with_separate_audio_makes_a_complete_dataset(obama_clip2: Av
     assert obama_clip2.frame(len(obama_clip2) - 1).shape == (256, 256, 3)
 
 
-def test_face_model_explains_the_aligned_shapes(obama_clip2: AvatarDataset) -> None:
-    explained = _explained_variance(obama_clip2)
+def test_face_model_explains_the_aligned_shapes(real_dataset: AvatarDataset) -> None:
+    explained = _explained_variance(real_dataset)
     assert explained >= 0.95
-    assert explained == pytest.approx(obama_clip2.manifest.face_model.explained_variance, abs=1e-3)
+    assert explained == pytest.approx(real_dataset.manifest.face_model.explained_variance, abs=1e-3)
 
 
-def test_mouth_parameters_predict_the_inner_lip_distance_on_unseen_frames(obama_clip2: AvatarDataset) -> None:
-    opening = _inner_lip_distance(obama_clip2.landmarks)
-    design = np.c_[obama_clip2.mouth_params, np.ones(len(obama_clip2))]
-    split = obama_clip2.split(0.2)
+def test_mouth_parameters_predict_the_inner_lip_distance_on_unseen_frames(
+    real_dataset: AvatarDataset,
+) -> None:
+    opening = _inner_lip_distance(real_dataset.landmarks)
+    design = np.c_[real_dataset.mouth_params, np.ones(len(real_dataset))]
+    split = real_dataset.split(0.2)
     coef, *_ = np.linalg.lstsq(design[split.train], opening[split.train], rcond=None)
     held_out = np.corrcoef(design[split.validation] @ coef, opening[split.validation])[0, 1]
     assert held_out >= 0.9
     # The upper face does not carry the mouth.
-    upper = np.c_[obama_clip2.upper_params, np.ones(len(obama_clip2))]
+    upper = np.c_[real_dataset.upper_params, np.ones(len(real_dataset))]
     coef_upper, *_ = np.linalg.lstsq(upper[split.train], opening[split.train], rcond=None)
     assert np.corrcoef(upper[split.validation] @ coef_upper, opening[split.validation])[0, 1] < held_out - 0.2
 
