@@ -4,8 +4,10 @@ isolated behind its lazy import."""
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -173,19 +175,22 @@ def test_the_export_is_checked_hashed_and_tensorrt_friendly(exported) -> None:
     assert read_export(folder) == manifest
 
 
-def test_exports_are_reused_refreshed_and_never_half_written(tmp_path: Path) -> None:
-    networks = _random_networks(seed=1)
-    shape = StreamShape.for_config(CONFIG, chunk_frames=2)
+@pytest.mark.parametrize("exported", [2], indirect=True, ids=["chunk2"])
+def test_exports_are_reused_refreshed_and_never_half_written(
+    exported, networks: AvatarNetworks, tmp_path: Path
+) -> None:
+    shape, made, first = exported
     folder = tmp_path / "onnx"
-    first = export_onnx(networks, shape, folder)
+    shutil.copytree(made, folder)
     stamp = (folder / "renderer_chunk.onnx").stat().st_mtime_ns
     assert ensure_onnx_export(networks, shape, folder) == first
     assert (folder / "renderer_chunk.onnx").stat().st_mtime_ns == stamp
     with pytest.raises(OutputError, match="exists"):
         export_onnx(networks, shape, folder)
+    changed = copy.deepcopy(networks)
     with torch.no_grad():
-        next(networks.renderer.parameters()).add_(1)
-    assert ensure_onnx_export(networks, shape, folder).weights_digest != first.weights_digest
+        next(changed.renderer.parameters()).add_(1)
+    assert ensure_onnx_export(changed, shape, folder).weights_digest != first.weights_digest
     graph = folder / "smoothing.onnx"
     graph.write_bytes(graph.read_bytes()[:-4] + b"\0\0\0\0")
     with pytest.raises(InputError, match="checksum"):
