@@ -278,9 +278,9 @@ class StreamingSession:
                     continue
                 if self.due_time(first) > now + RENDER_AHEAD_MS / 1000 and out:
                     break
-            started = time.perf_counter()
+            started = self.clock()
             frames = stream.render_chunk()
-            elapsed = 1000 * (time.perf_counter() - started)
+            elapsed = 1000 * (self.clock() - started)
             self._compute_ms = elapsed if not self._compute_ms else 0.8 * self._compute_ms + 0.2 * elapsed
             if self._start is not None:
                 finished = self.clock()

@@ -15,7 +15,6 @@ import asyncio
 import collections
 import concurrent.futures
 import selectors
-import types
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
@@ -153,15 +152,10 @@ class CostlyBackend:
 
 
 def use_virtual_time(monkeypatch: pytest.MonkeyPatch, engine: Any, clock: VirtualClock) -> VirtualWorker:
-    """Move ``engine``'s work onto a ``VirtualWorker``, and time the session's compute by ``clock``."""
-    import realtime.session
-
+    """Move ``engine``'s work onto a ``VirtualWorker`` (sessions given ``clock=clock`` then time their
+    compute in virtual time too)."""
     worker = VirtualWorker(clock)
     monkeypatch.setattr(engine, "executor", worker)
-    # The session measures its compute with time.perf_counter: in virtual time that is the charge.
-    monkeypatch.setattr(
-        realtime.session, "time", types.SimpleNamespace(perf_counter=clock, monotonic=clock), raising=False
-    )
     return worker
 
 
