@@ -25,6 +25,7 @@ from engines.backends import (
     load_backend,
     read_export,
 )
+from engines.backends.base import host_array
 from engines.backends.parity import max_differences, random_inputs
 from engines.backends.tensorrt_backend import engine_cache_key
 from engines.backends.tensorrt_ops import TENSORRT_ONNX_OPS
@@ -111,8 +112,8 @@ def _stream(backend: OnnxRuntimeBackend, chunks: list[ChunkInput]) -> list[np.nd
     for chunk in chunks:
         chunk.past_features = cache
         result = backend.run(chunk)
-        frames.append(result.frames.copy())
-        cache = np.concatenate([cache, result.features], axis=1)[:, shape.chunk_frames :].copy()
+        frames.append(host_array(result.frames).copy())
+        cache = np.concatenate([cache, host_array(result.features)], axis=1)[:, shape.chunk_frames :].copy()
     return frames
 
 
@@ -129,9 +130,9 @@ def test_the_exported_renderer_never_looks_at_a_later_chunk(exported) -> None:
         assert np.abs(original[-1] - changed[-1]).max() > 0.01
         # and the past is really used: other cached features change the new frames
         request = random_inputs(shape, 1, seed=3)[2]
-        first = backend.run(request).frames.copy()
+        first = host_array(backend.run(request).frames).copy()
         request.past_features = request.past_features + 1
-        assert np.abs(backend.run(request).frames - first).max() > 1e-3
+        assert np.abs(host_array(backend.run(request).frames) - first).max() > 1e-3
 
 
 def test_backends_refuse_other_shapes_in_one_clear_error(exported, networks: AvatarNetworks) -> None:

@@ -11,25 +11,34 @@ A backend runs the three networks of an avatar on a live stream:
   block-causal mask, so the result equals the full window's last C frames.
 
 Backends are stateless between calls (the caller owns the feature cache), so one loaded backend
-serves many sessions. Every shape but the batch is fixed when the backend is loaded; a call of
-another shape is an ``InputError``, never a silent re-plan. Arrays returned by a call are the
-backend's own buffers: valid until the next call on the same backend, which must come from the
-same thread (one worker thread per backend).
+serves many sessions and one call renders a batch of them (``realtime.render_scheduler``). Every
+shape but the batch is fixed when the backend is loaded; a call of another shape is an
+``InputError``, never a silent re-plan. A backend may pad a batch up to one of its captured sizes
+(CUDA graphs, TensorRT profiles) but returns exactly the rows it was given.
+
+Renderer inputs may be numpy arrays or torch tensors (on the backend's ``device`` they are used
+where they lie); outputs are numpy arrays from host backends and torch tensors on ``device`` from
+GPU backends, so frames stay on the GPU until the encoder needs them. Arrays returned by a call
+are the backend's own buffers: valid until the next call on the same backend, which must come
+from the same thread (one worker thread per backend).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from engines.errors import InputError
 from engines.nets.config import ModelConfig
 
 FloatArray = npt.NDArray[np.float32]
+# A renderer input or output: a host array, or a tensor on the backend's device.
+ArrayOrTensor = FloatArray | torch.Tensor
 Precision = Literal["fp32", "fp16", "bf16"]
 # What a backend is called everywhere: its ``name``, ``--backend`` on the command line, benchmark rows.
 BackendName = Literal["tensorrt", "onnxruntime-cuda", "torch-cuda", "onnxruntime-cpu", "torch-cpu"]
@@ -104,14 +113,33 @@ class StreamShape:
 
     @property
     def tag(self) -> str:
-        """Short name of the shape, used in export folder names."""
-        return (
-            f"c{self.chunk_frames}-p{self.past_frames}-a{self.audio_frames}"
-            f"-w{self.smoothing_frames}-b{self.max_batch}"
-        )
+        """Short name of the shape, used in export folder names (the batch is free in an export,
+        so it is not part of the name)."""
+        return f"c{self.chunk_frames}-p{self.past_frames}-a{self.audio_frames}-w{self.smoothing_frames}"
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
+
+    def with_max_batch(self, max_batch: int) -> StreamShape:
+        """The same shapes for at most ``max_batch`` sessions a call."""
+        if max_batch < 1:
+            raise InputError(f"max batch {max_batch}: need at least 1")
+        return replace(self, max_batch=max_batch)
+
+    def same_graphs(self, other: StreamShape) -> bool:
+        """Whether an export made for ``other`` serves this shape (everything but the batch)."""
+        return replace(self, max_batch=1) == replace(other, max_batch=1)
+
+    @property
+    def batch_buckets(self) -> tuple[int, ...]:
+        """Batch sizes a backend with captured shapes (CUDA graphs, TensorRT profiles) prepares:
+        powers of two below ``max_batch``, and ``max_batch``."""
+        sizes = [1 << k for k in range(max(1, self.max_batch).bit_length()) if 1 << k < self.max_batch]
+        return (*sizes, self.max_batch)
+
+    def bucket_for(self, batch: int) -> int:
+        """The smallest bucket that holds ``batch`` rows."""
+        return next(size for size in self.batch_buckets if size >= batch)
 
     def renderer_inputs(self, batch: int) -> dict[str, tuple[int, ...]]:
         """Name → shape of the renderer chunk's inputs for ``batch`` sessions."""
@@ -140,7 +168,7 @@ class StreamShape:
             self.smoothing_taps,
         )
 
-    def check(self, name: str, array: npt.NDArray[Any], expected: tuple[int, ...]) -> int:
+    def check(self, name: str, array: npt.NDArray[Any] | torch.Tensor, expected: tuple[int, ...]) -> int:
         """Check one input's shape (any batch from 1 to ``max_batch``); returns the batch.
 
         Raises:
@@ -168,12 +196,12 @@ class ChunkInput:
         audio: (B, C, A) per-frame audio features of the new frames.
     """
 
-    past_features: FloatArray
-    eroded: FloatArray
-    shapes: FloatArray
-    audio: FloatArray
+    past_features: ArrayOrTensor
+    eroded: ArrayOrTensor
+    shapes: ArrayOrTensor
+    audio: ArrayOrTensor
 
-    def arrays(self) -> dict[str, FloatArray]:
+    def arrays(self) -> dict[str, ArrayOrTensor]:
         return {
             "past_features": self.past_features,
             "eroded": self.eroded,
@@ -191,8 +219,15 @@ class ChunkOutput:
         features: (B, C, F, h, h) their encoded features, to append to the caller's cache.
     """
 
-    frames: FloatArray
-    features: FloatArray
+    frames: ArrayOrTensor
+    features: ArrayOrTensor
+
+
+def host_array(value: ArrayOrTensor) -> FloatArray:
+    """A float32 C-contiguous numpy view (or copy, for device tensors) of an input or output."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().to("cpu", torch.float32).numpy()
+    return np.ascontiguousarray(value, dtype=np.float32)
 
 
 @runtime_checkable
@@ -201,6 +236,7 @@ class Backend(Protocol):
 
     name: BackendName
     shape: StreamShape
+    device: torch.device  # where its renderer outputs live and per-frame tensor work should run
 
     def expressions(self, audio: FloatArray) -> FloatArray:
         """(B, audio_frames, A) normalised audio features → (B, audio_frames, Em) mouth
@@ -240,6 +276,7 @@ class BackendBase:
     def __init__(self, name: BackendName, shape: StreamShape) -> None:
         self.name: BackendName = name
         self.shape = shape
+        self.device = torch.device("cpu")
         self._closed = False
 
     def _check_open(self) -> None:

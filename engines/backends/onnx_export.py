@@ -1,9 +1,9 @@
 """ONNX export of an avatar's streaming graphs, with a manifest of hashes, shapes and versions.
 
 An export folder holds ``audio2expression.onnx``, ``smoothing.onnx`` and ``renderer_chunk.onnx``
-(opset 18, fp32, named inputs and outputs; only the batch axis is dynamic, 1..max_batch, for
-batching sessions) and ``export.json``. The folder is written beside itself under a temporary
-name and renamed when complete. Each graph passes ``onnx.checker`` and uses only operators that
+(opset 18, fp32, named inputs and outputs; only the batch axis is dynamic, of any size, for
+batching sessions: one export serves every ``max_batch``) and ``export.json``. The folder is
+written beside itself under a temporary name and renamed when complete. Each graph passes ``onnx.checker`` and uses only operators that
 TensorRT 10's parser supports.
 """
 
@@ -141,10 +141,8 @@ def _quiet_exporter() -> Iterator[None]:
             log.setLevel(level)
 
 
-def _export_graph(
-    module: nn.Module, inputs: dict[str, Any], outputs: list[str], path: Path, max_batch: int
-) -> None:
-    batch = torch.export.Dim("batch", min=1, max=max(2, max_batch))
+def _export_graph(module: nn.Module, inputs: dict[str, Any], outputs: list[str], path: Path) -> None:
+    batch = torch.export.Dim("batch", min=1)
     dynamic = {name: {0: batch} for name in inputs}
     with _quiet_exporter():
         program = torch.onnx.export(
@@ -213,7 +211,7 @@ def export_onnx(
         for name, (module, inputs) in _graph_modules(networks, shape).items():
             path = partial / GRAPH_FILES[name]
             logger.info("exporting %s", path.name)
-            _export_graph(module, inputs, OUTPUT_NAMES[name], path, shape.max_batch)
+            _export_graph(module, inputs, OUTPUT_NAMES[name], path)
             model, operators = check_graph(path)
             graphs[name] = GraphInfo(
                 file=GRAPH_FILES[name],
@@ -266,7 +264,7 @@ def ensure_onnx_export(networks: AvatarNetworks, shape: StreamShape, folder: Pat
     if (folder / MANIFEST).is_file():
         try:
             manifest = read_export(folder)
-            if manifest.weights_digest == digest and manifest.shape == shape.to_dict():
+            if manifest.weights_digest == digest and manifest.stream_shape.same_graphs(shape):
                 return manifest
             logger.info("%s: export is stale (other weights or shapes), exporting again", folder)
         except InputError as exc:

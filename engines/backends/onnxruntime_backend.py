@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+import torch
 
-from engines.backends.base import BackendBase, ChunkInput, ChunkOutput, FloatArray
+from engines.backends.base import BackendBase, ChunkInput, ChunkOutput, FloatArray, host_array
 from engines.backends.onnx_export import ExportManifest, read_export
 from engines.errors import InputError, MissingDependencyError
 
@@ -80,11 +81,21 @@ class OnnxRuntimeBackend(BackendBase):
         export_dir: folder of an ONNX export.
         device: ``cpu`` or ``cuda`` (needs onnxruntime-gpu).
         intra_op_threads: threads of each session's operator pool (default: ``available_cores()``).
+        max_batch: most sessions a call (default: the export's shape; the export itself takes any).
     """
 
-    def __init__(self, export_dir: Path, device: str = "cpu", intra_op_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        export_dir: Path,
+        device: str = "cpu",
+        intra_op_threads: int | None = None,
+        max_batch: int | None = None,
+    ) -> None:
         manifest: ExportManifest = read_export(export_dir)
-        super().__init__("onnxruntime-cuda" if device == "cuda" else "onnxruntime-cpu", manifest.stream_shape)
+        shape = manifest.stream_shape
+        if max_batch is not None:
+            shape = shape.with_max_batch(max_batch)
+        super().__init__("onnxruntime-cuda" if device == "cuda" else "onnxruntime-cpu", shape)
         if device not in PROVIDERS:
             raise InputError(f"onnxruntime device {device!r}: use cpu or cuda")
         if device == "cuda" and not cuda_provider_available():
@@ -92,7 +103,7 @@ class OnnxRuntimeBackend(BackendBase):
                 "onnxruntime has no CUDA execution provider here: "
                 "install onnxruntime-gpu on a machine with CUDA"
             )
-        self.device = device
+        self.device = torch.device("cuda" if device == "cuda" else "cpu")
         self.manifest = manifest
         self.export_dir = export_dir
         options = ort.SessionOptions()
@@ -132,13 +143,14 @@ class OnnxRuntimeBackend(BackendBase):
 
     def run(self, chunk: ChunkInput) -> ChunkOutput:
         batch = self._check_chunk(chunk)
-        outputs = self._graphs["renderer"](chunk.arrays(), batch)
+        inputs = {name: host_array(value) for name, value in chunk.arrays().items()}
+        outputs = self._graphs["renderer"](inputs, batch)
         return ChunkOutput(frames=outputs["frames"], features=outputs["features"])
 
     def describe(self) -> dict[str, Any]:
         return {
             "backend": self.name,
-            "device": self.device,
+            "device": str(self.device),
             "precision": self.manifest.precision,
             "onnxruntime": ort.__version__,
             "providers": self._graphs["renderer"].session.get_providers() if self._graphs else [],

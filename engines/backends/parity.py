@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engines.backends.base import Backend, ChunkInput, FloatArray, StreamShape
+from engines.backends.base import Backend, ChunkInput, FloatArray, StreamShape, host_array
 
 
 def random_inputs(
@@ -34,13 +34,13 @@ def max_differences(first: Backend, second: Backend, batch: int = 1, seed: int =
     """Largest absolute difference of every output of two backends loaded for the same shapes."""
     audio, mouth, chunk = random_inputs(first.shape, batch, seed)
     a = first.run(chunk)
-    frames, features = a.frames.copy(), a.features.copy()
+    frames, features = host_array(a.frames).copy(), host_array(a.features).copy()
     b = second.run(chunk)
     return {
         "mouth": float(np.abs(first.expressions(audio).copy() - second.expressions(audio)).max()),
         "smoothing_weights": float(
             np.abs(first.smoothing_weights(mouth).copy() - second.smoothing_weights(mouth)).max()
         ),
-        "frames": float(np.abs(frames - b.frames).max()),
-        "features": float(np.abs(features - b.features).max()),
+        "frames": float(np.abs(frames - host_array(b.frames)).max()),
+        "features": float(np.abs(features - host_array(b.features)).max()),
     }

@@ -98,16 +98,16 @@ def load_networks_backend(
         return TorchBackend(networks, shape, "cuda", precision or "fp16")
     folder = export_folder(networks, shape, avatar_root)
     if name == "onnxruntime-cpu":
-        return OnnxRuntimeBackend(folder, "cpu", intra_op_threads)
+        return OnnxRuntimeBackend(folder, "cpu", intra_op_threads, shape.max_batch)
     if name == "onnxruntime-cuda":
         if precision not in (None, "fp32"):
             raise InputError("onnxruntime-cuda runs the fp32 export; use tensorrt or torch-cuda for fp16")
-        return OnnxRuntimeBackend(folder, "cuda", intra_op_threads)
+        return OnnxRuntimeBackend(folder, "cuda", intra_op_threads, shape.max_batch)
     from engines.backends.tensorrt_backend import TensorRTBackend
 
     if precision == "bf16":
         raise InputError("tensorrt builds fp16 or fp32 engines")
-    return TensorRTBackend(folder, precision or "fp16")
+    return TensorRTBackend(folder, precision or "fp16", max_batch=shape.max_batch)
 
 
 def load_backend(
