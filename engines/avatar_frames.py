@@ -60,10 +60,15 @@ class AvatarFrames:
 
     def inner_lip_area(self, mouth_params: FloatArray, reference_index: int = 0) -> float:
         """Area inside the inner-lip ring (canonical units) for raw mouth parameters (Em,)."""
-        shape = self.bundle.face_model.shapes(
-            mouth_params[None], self.reference.upper_params[reference_index : reference_index + 1]
-        )[0]
-        return float(_ring_area(shape[self._ring, :2]))
+        return float(self.inner_lip_areas(mouth_params[None], np.array([reference_index]))[0])
+
+    def inner_lip_areas(
+        self, mouth_params: FloatArray, reference_indices: npt.NDArray[np.int64]
+    ) -> FloatArray:
+        """(N,) areas inside the inner-lip ring (canonical units) for raw mouth parameters (N, Em)
+        over the upper faces of the given (N,) reference frames."""
+        shapes = self.bundle.face_model.shapes(mouth_params, self.reference.upper_params[reference_indices])
+        return _ring_area(shapes[:, self._ring, :2])
 
     def face_shape(self, reference_index: int, mouth_params: FloatArray) -> FloatArray:
         """(4, S, S) face shape in [0, 1]: reference pose and upper face, the given raw mouth (Em,)."""

@@ -54,13 +54,18 @@ class AvatarCatalog:
 
     @classmethod
     def load(
-        cls, specs: list[AvatarSpec], backend: str = "auto", settings: StreamSettings | None = None
+        cls,
+        specs: list[AvatarSpec],
+        backend: str = "auto",
+        settings: StreamSettings | None = None,
+        max_batch: int | None = None,
     ) -> AvatarCatalog:
-        """Load every avatar (and its backend) once; names must be unique."""
+        """Load every avatar (and its backend, batching up to ``max_batch`` sessions a call) once;
+        names must be unique."""
         loaded: dict[str, AvatarEngine] = {}
         try:
             for spec in specs:
-                engine = AvatarEngine.load(spec.path, backend, settings)
+                engine = AvatarEngine.load(spec.path, backend, settings, max_batch)
                 name = spec.name or _safe_name(engine.bundle.manifest.name, spec.path)
                 if name in loaded:
                     engine.close()

@@ -77,7 +77,6 @@ class ArrayAudioTrack(MediaStreamTrack):
         return frame
 
 
-
 @dataclass
 class ReceivedVideo:
     arrival_s: float

@@ -1,11 +1,12 @@
-"""One loaded avatar shared by many sessions: the bundle, one backend and its worker thread.
+"""One loaded avatar shared by many sessions: the bundle, one backend, its worker thread and the
+render scheduler that batches the live sessions onto it.
 
 Every computation of every session (features, networks, raster, paste-back) runs on the engine's
 one worker thread, never on the event loop, so backend calls never overlap (backends reuse their
-output buffers) and a session's work is sequential. One thread, not several: the per-frame Python
-work (the rasteriser's many OpenCV calls, each releasing the GIL) slows down about fourfold when
-two threads compete for the GIL (measured), which costs more than overlapping it with the backend
-gains.
+output buffers) and a session's work is sequential. Live sessions' chunks go through the
+scheduler (``realtime.render_scheduler``), which renders all that are due as one batch; files and
+warm-ups run alone. One thread, not several: the work around the networks is batched tensor code,
+and Python work competing for the GIL from two threads was measured about fourfold slower.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from engines.avatar_frames import AvatarFrames
 from engines.backends import StreamShape, load_backend
 from engines.backends.base import Backend
 from engines.bundle import AvatarBundle
+from engines.device_frames import DeviceFrames
 from engines.process_hold import CountedHold
 from engines.timebase import FRAME_MS
+from realtime.render_scheduler import RenderScheduler
 from realtime.settings import FEATURE_MARGIN_MS, StreamSettings, output_delay_frames
 from realtime.stream import AvatarStream
 
@@ -62,9 +65,11 @@ class AvatarEngine:
         self.backend = backend
         self.settings = settings or StreamSettings()
         self.frames = AvatarFrames(bundle)
+        self.device_frames = DeviceFrames(bundle, backend.device)
         self.executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"stableface-{bundle.manifest.name}"
         )
+        self.scheduler = RenderScheduler(lambda: self.executor, backend.shape.max_batch)
         _BLAS.acquire()
         self._closed = False
         self.lookahead_frames = bundle.config.audio.lookahead_frames
@@ -78,12 +83,17 @@ class AvatarEngine:
 
     @classmethod
     def load(
-        cls, avatar: str | Path, backend: str = "auto", settings: StreamSettings | None = None
+        cls,
+        avatar: str | Path,
+        backend: str = "auto",
+        settings: StreamSettings | None = None,
+        max_batch: int | None = None,
     ) -> AvatarEngine:
-        """Load an avatar bundle and a backend for its streaming shapes (chunk from ``settings``)."""
+        """Load an avatar bundle and a backend for its streaming shapes (chunk from ``settings``,
+        at most ``max_batch`` sessions a call: default the avatar's ``streaming.max_batch``)."""
         settings = settings or StreamSettings()
         bundle = AvatarBundle.load(avatar)
-        shape = StreamShape.for_config(bundle.config, chunk_frames=settings.chunk_frames)
+        shape = StreamShape.for_config(bundle.config, chunk_frames=settings.chunk_frames, max_batch=max_batch)
         return cls(bundle, load_backend(bundle, backend, shape), settings)
 
     @property
@@ -108,7 +118,12 @@ class AvatarEngine:
     def new_stream(self, settings: StreamSettings | None = None) -> AvatarStream:
         """A fresh deterministic stream (call its methods on the worker thread only)."""
         return AvatarStream(
-            self.bundle, self.frames, self.backend, settings or self.settings, self.delay_frames
+            self.bundle,
+            self.frames,
+            self.device_frames,
+            self.backend,
+            settings or self.settings,
+            self.delay_frames,
         )
 
     def close(self) -> None:

@@ -85,6 +85,7 @@ class SessionStats:
     frames_rendered: int = 0
     frames_skipped: int = 0
     chunks_skipped: int = 0
+    deadlines_missed: int = 0
     silence_filled_ms: float = 0.0
     audio_dropped_ms: float = 0.0
     lag_ms: float = 0.0
@@ -107,6 +108,7 @@ class SessionStats:
             "frames_rendered": self.frames_rendered,
             "frames_skipped": self.frames_skipped,
             "chunks_skipped": self.chunks_skipped,
+            "deadlines_missed": self.deadlines_missed,
             "silence_filled_ms": self.silence_filled_ms,
             "audio_dropped_ms": self.audio_dropped_ms,
             "lag_ms": self.lag_ms,
@@ -188,7 +190,6 @@ class StreamingSession:
         self._consumed = asyncio.Event()
         self._producer: asyncio.Task[None] | None = None
         self._start: float | None = None
-        self._compute_ms = 0.0
 
     # ------------------------------------------------------------------ input
 
@@ -253,8 +254,8 @@ class StreamingSession:
         assert self._start is not None
         return self._start + output_index * FRAME_MS / 1000
 
-    def _work(self, pending: list[FloatArray], end: bool) -> list[StreamFrame]:
-        """On the worker thread: feed audio, render (or skip) every ready chunk."""
+    def _feed(self, pending: list[FloatArray], end: bool) -> AvatarStream:
+        """On the worker thread: the stream (made on first use) with the pending audio pushed."""
         if self._stream is None:
             self._stream = self.engine.new_stream(self.settings)
             self._stream.times.observer = self.on_stage_ms
@@ -264,31 +265,53 @@ class StreamingSession:
             stream.push(samples)
         if end:
             stream.finish()
+        return stream
+
+    def _work(self, pending: list[FloatArray], end: bool) -> list[StreamFrame]:
+        """On the worker thread, unpaced (and the warm-up): feed audio, render every ready chunk
+        (up to ``UNPACED_FRAMES_AHEAD`` frames) alone."""
+        stream = self._feed(pending, end)
+        out: list[StreamFrame] = []
+        while stream.chunk_ready() and (not out or (not self.paced and len(out) < UNPACED_FRAMES_AHEAD)):
+            out += stream.render_chunk()
+        return out
+
+    # The scheduler's side (``realtime.render_scheduler.ScheduledSession``), on the worker thread.
+
+    def due_chunk(
+        self, pending: list[FloatArray], end: bool, compute_s: float
+    ) -> tuple[list[StreamFrame], float | None]:
+        """Feed the audio; skip every ready chunk that cannot be shown in time (its last frame's
+        slot has passed, or it would finish late while a newer chunk is waiting). Returns the
+        skipped chunks' frames and the due time of the chunk to render now (None: nothing due,
+        or the next chunk is more than ``RENDER_AHEAD_MS`` ahead)."""
+        stream = self._feed(pending, end)
         out: list[StreamFrame] = []
         while stream.chunk_ready():
             first = stream.next_frame + self.delay
             last = first + stream.chunk - 1
-            if self.paced and self._start is not None:
-                now = self.clock()
-                late = now + self._compute_ms / 1000 > self.due_time(last)
-                if late and stream.chunks_ready() > 1:  # spend the compute on the newer chunk
-                    frames = stream.render_chunk(render=False)
-                    self.stats.chunks_skipped += 1
-                    out += frames
-                    continue
-                if self.due_time(first) > now + RENDER_AHEAD_MS / 1000 and out:
-                    break
-            started = self.clock()
-            frames = stream.render_chunk()
-            elapsed = 1000 * (self.clock() - started)
-            self._compute_ms = elapsed if not self._compute_ms else 0.8 * self._compute_ms + 0.2 * elapsed
-            if self._start is not None:
-                finished = self.clock()
-                self.stats.render_slack_ms.append(1000 * (self.due_time(first) - finished))
-            out += frames
-            if self.paced or len(out) >= UNPACED_FRAMES_AHEAD:
-                break  # live: one render per job, so the sessions on this worker take turns
-        return out
+            now = self.clock()
+            passed = now > self.due_time(last)
+            late = now + compute_s > self.due_time(last)
+            if passed or (late and stream.chunks_ready() > 1):
+                out += stream.render_chunk(render=False)
+                self.stats.chunks_skipped += 1
+                self.stats.deadlines_missed += int(passed)
+                continue
+            if self.due_time(first) > now + RENDER_AHEAD_MS / 1000 and out:
+                return out, None
+            return out, self.due_time(first)
+        return out, None
+
+    def stream(self) -> AvatarStream:
+        assert self._stream is not None, "due_chunk makes the stream"
+        return self._stream
+
+    def rendered(self, due_s: float) -> None:
+        self.stats.render_slack_ms.append(1000 * (due_s - self.clock()))
+
+    def now(self) -> float:
+        return self.clock()
 
     def _store(self, frames: list[StreamFrame]) -> None:
         """Keep computed frames for their output slots (late images too: they still show)."""
@@ -312,7 +335,10 @@ class StreamingSession:
                 self._fill_silence()
             pending, self._pending = self._pending, []
             end = self._ended and self._stream is not None and not self._finished
-            frames = await loop.run_in_executor(self.engine.executor, self._work, pending, end)
+            if self.paced and self._start is not None:
+                frames = await self.engine.scheduler.render(self, pending, end)
+            else:
+                frames = await loop.run_in_executor(self.engine.executor, self._work, pending, end)
             if end:
                 self._finished = True
             self._store(frames)
@@ -416,6 +442,7 @@ class StreamingSession:
             self._producer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._producer
+        self.engine.scheduler.forget(self)
         self._ready.clear()
         self._pending.clear()
         self._stream = None

@@ -25,21 +25,24 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from engines.avatar_frames import AvatarFrames
 from engines.backends.base import Backend, ChunkInput
 from engines.bundle import AvatarBundle
+from engines.device_frames import DeviceFrames
 from engines.timebase import SAMPLES_PER_FRAME
 from realtime.features import FrameFeatures, FrameHistory
 from realtime.settings import StreamSettings
 
 FloatArray = npt.NDArray[np.float32]
 ImageRGB = npt.NDArray[np.uint8]
+IndexArray = npt.NDArray[np.int64]
 # The mouth starts to open one frame before the sound (as speakers do) and stays open one frame
 # after it; more anticipation would show as lips leading the audio.
 GATE_LOOKAHEAD_FRAMES = 1
@@ -80,15 +83,43 @@ class StageTimes:
     observer: Callable[[str, float], None] | None = None
 
     def add(self, stage: str, started: float) -> float:
+        """Record the time since ``started`` (``time.perf_counter``); returns now."""
         now = time.perf_counter()
+        self.record(stage, 1000 * (now - started))
+        return now
+
+    def record(self, stage: str, elapsed_ms: float) -> None:
         values = self.recent[stage]
-        elapsed = 1000 * (now - started)
-        values.append(elapsed)
+        values.append(elapsed_ms)
         if self.observer is not None:
-            self.observer(stage, elapsed)
+            self.observer(stage, elapsed_ms)
         if len(values) > 2 * self.keep:
             del values[: self.keep]
-        return now
+
+
+@dataclass
+class _ChunkJob:
+    """One stream's chunk on its way through a batch.
+
+    Attributes:
+        stream: whose chunk it is.
+        render: False to skip the renderer (frames without images).
+        t0, last: its first frame and the newest frame whose audio it uses (internal timeline).
+        references: (C,) reference frame of each of its frames.
+        params, gates, raw: per frame t0..last: normalised mouth parameters, voice gate, raw
+            mouth parameters (face-model units).
+        weights: (C + L, K) causal smoothing weights from t0 on (None without smoothing).
+    """
+
+    stream: AvatarStream
+    render: bool
+    t0: int
+    last: int
+    references: list[int]
+    params: dict[int, FloatArray] = field(default_factory=dict)
+    gates: dict[int, float] = field(default_factory=dict)
+    raw: dict[int, FloatArray] = field(default_factory=dict)
+    weights: FloatArray | None = None
 
 
 class AvatarStream:
@@ -97,6 +128,7 @@ class AvatarStream:
     Args:
         bundle: the avatar.
         frames: its per-frame helper (shared by the sessions of one worker thread).
+        device_frames: its batched per-frame work on the backend's device (shared alike).
         backend: the inference backend (its shapes fix C, P and the windows).
         settings: stream settings (loudness gate, normalisation).
         warmup_frames: silent frames before the first pushed sample (at least P).
@@ -106,12 +138,14 @@ class AvatarStream:
         self,
         bundle: AvatarBundle,
         frames: AvatarFrames,
+        device_frames: DeviceFrames,
         backend: Backend,
         settings: StreamSettings,
         warmup_frames: int,
     ) -> None:
         shape = backend.shape
         self.bundle, self.frames, self.backend, self.settings = bundle, frames, backend, settings
+        self.device_frames = device_frames
         self.chunk = shape.chunk_frames
         self.past = shape.past_frames
         self.lookahead = bundle.config.audio.lookahead_frames
@@ -126,9 +160,11 @@ class AvatarStream:
         self.rest = (frames.rest_mouth / frames.mouth_std).astype(np.float32)
         self._params = FrameHistory()  # final normalised mouth parameters per frame
         self._gate = FrameHistory()
-        self._shapes: dict[int, FloatArray] = {}  # final face shapes of recent frames
+        self._shapes: dict[int, torch.Tensor] = {}  # final face shapes of recent frames (4, S, S)
         size = shape.feature_size
-        self._cache = np.zeros((1, self.past, shape.feature_channels, size, size), np.float32)
+        self._cache = torch.zeros(
+            (1, self.past, shape.feature_channels, size, size), device=device_frames.device
+        )
         self._next = 0  # next chunk's first frame, on the internal timeline (warm-up included)
         self.times = StageTimes()
         self.samples_pushed = 0
@@ -167,45 +203,149 @@ class AvatarStream:
         return max(0, (self.features.frames - self.lookahead - self._next) // self.chunk)
 
     def render_chunk(self, render: bool = True) -> list[StreamFrame]:
-        """Render the next chunk (``render=False``: skip the renderer, return frames without images).
+        """Render the next chunk alone (``render=False``: skip the renderer, return frames without
+        images); the same as a batch of one (see ``render_chunks``).
 
         Raises:
             RuntimeError: the chunk's audio is not in yet (check ``chunk_ready``).
         """
+        return render_chunks([self], [render])[0]
+
+    def _begin(self, render: bool) -> _ChunkJob:
         if not self.chunk_ready():
             raise RuntimeError("render_chunk before the chunk's audio is in")
-        t0, count = self._next, self.chunk
-        last = t0 + count - 1 + self.lookahead
-        started = time.perf_counter()
-        params, gate = self._mouth(t0, last)
-        started = self.times.add("audio2expression", started)
-        weights = self._smoothing_weights(t0, last, params)
-        started = self.times.add("smoothing", started)
-        references = [self._reference(t) for t in range(t0, t0 + count)]
-        raw = {t: params[t] * self.frames.mouth_std for t in params}
-        if render:
-            shapes = self._smoothed_shapes(t0, count, raw, weights)
-            started = self.times.add("raster", started)
-            eroded = np.stack([self.frames.eroded(r) for r in references])[None]
-            audio = np.stack([self.features.rows[t] for t in range(t0, t0 + count)])[None]
-            result = self.backend.run(ChunkInput(self._cache, eroded, shapes[None], audio))
-            # valid until the next backend call; used (and the features copied) before it
-            crops, features = result.frames[0], result.features
-            started = self.times.add("renderer", started)
+        t0 = self._next
+        last = t0 + self.chunk - 1 + self.lookahead
+        references = [self._reference(t) for t in range(t0, t0 + self.chunk)]
+        return _ChunkJob(self, render, t0, last, references)
+
+    def _expression_rows(self, job: _ChunkJob) -> FloatArray:
+        """(audio_frames, A) normalised log-mel rows of the expression window ending at ``last``."""
+        window = self.backend.shape.audio_frames
+        rows = [
+            self.features.rows[t] if t >= self.features.rows.start else self.features.silence_row
+            for t in range(job.last - window + 1, job.last + 1)
+        ]
+        return np.stack(rows)
+
+    def _apply_expressions(self, job: _ChunkJob, predicted: FloatArray) -> None:
+        """Gate the predicted (audio_frames, Em) mouth parameters: normalised parameters and gate
+        values of frames t0..last."""
+        window = self.backend.shape.audio_frames
+        settings = self.settings
+        attack = 1.0 - math.exp(-1.0 / settings.gate_attack_frames)
+        release = 1.0 - math.exp(-1.0 / settings.gate_release_frames)
+        t0, last = job.t0, job.last
+        gate_value = float(self._gate[t0 - 1][0]) if t0 > 0 else 0.0
+        for t in range(t0, last + 1):
+            ahead = range(t - 1, min(t + GATE_LOOKAHEAD_FRAMES, last) + 1)
+            loud = max(
+                float(self.features.loudness[u][0]) for u in ahead if u >= self.features.loudness.start
+            )
+            target = 1.0 if loud > settings.silence_dbfs else 0.0
+            gate_value += (attack if target > gate_value else release) * (target - gate_value)
+            if abs(gate_value - target) < GATE_SNAP:  # the ramps end: a still, exactly closed mouth
+                gate_value = target
+            job.gates[t] = gate_value
+            job.params[t] = (
+                gate_value * predicted[window - 1 - (last - t)] + (1 - gate_value) * self.rest
+            ).astype(np.float32)
+        job.raw = {t: job.params[t] * self.frames.mouth_std for t in job.params}
+
+    def _smoothing_rows(self, job: _ChunkJob) -> FloatArray:
+        """(smoothing_frames, Em) normalised mouth parameters of the smoothing window."""
+        frames = range(job.last - self.backend.shape.smoothing_frames + 1, job.last + 1)
+        return np.stack(
+            [
+                job.params[t] if t >= job.t0 else (self._params[t] if t >= self._params.start else self.rest)
+                for t in frames
+            ]
+        )
+
+    def _apply_smoothing(self, job: _ChunkJob, weights: FloatArray) -> None:
+        """Keep the (count + L, K) rows of the window's (smoothing_frames, K) weights from t0 on."""
+        window = self.backend.shape.smoothing_frames
+        job.weights = weights[window - 1 - (job.last - job.t0) :]
+
+    def _shape_requests(self, job: _ChunkJob) -> list[tuple[int, int, FloatArray]]:
+        """(frame, reference frame, raw mouth parameters) of the face shapes to rasterise for the
+        chunk: its own frames (and their smoothing taps not rasterised by an earlier chunk)."""
+        t0, count = job.t0, self.chunk
+        if self.use_smoothing:
+            frames = range(t0 + self.offsets[0], t0 + count - 1 + self.offsets[-1] + 1)
         else:
-            features = np.repeat(self._cache[:, -1:], count, axis=1) if self.past else self._cache
+            frames = range(t0, t0 + count)
+        requests: dict[int, tuple[int, int, FloatArray]] = {}
+        for t in frames:
+            t = max(t, 0)
+            if t in requests or (t not in job.raw and t in self._shapes):
+                continue
+            if t in job.raw:
+                params = job.raw[t]
+            else:
+                previous = self._params[t] if t >= self._params.start else self.rest
+                params = previous * self.frames.mouth_std
+            requests[t] = (t, self._reference(t), params)
+        return list(requests.values())
+
+    def _chunk_shapes(self, job: _ChunkJob, fresh: dict[int, torch.Tensor]) -> torch.Tensor:
+        """(C, 4, S, S) (smoothed) face shapes of the chunk's frames from the fresh rasters and the
+        cached ones of earlier frames (Eq. 1 with the causal weights)."""
+        t0, count = job.t0, self.chunk
+
+        def shape(t: int) -> torch.Tensor:
+            t = max(t, 0)
+            if t in fresh:
+                return fresh[t]
+            return self._shapes[t]
+
+        if not self.use_smoothing:
+            shapes = torch.stack([shape(t) for t in range(t0, t0 + count)])
+        else:
+            assert job.weights is not None
+            taps = torch.stack(
+                [torch.stack([shape(t + offset) for offset in self.offsets]) for t in range(t0, t0 + count)]
+            )  # (C, K, 4, S, S)
+            weights = torch.from_numpy(np.ascontiguousarray(job.weights[:count])).to(taps.device)
+            shapes = torch.einsum("ck,ckxyz->cxyz", weights, taps)
+        for t in [t for t in fresh if t not in job.raw or t < t0 + count]:
+            self._shapes[t] = fresh[t]
+        return shapes
+
+    def _finish(
+        self,
+        job: _ChunkJob,
+        features: torch.Tensor | None,
+        images: list[ImageRGB | None],
+        inner_lip_areas: FloatArray,
+    ) -> list[StreamFrame]:
+        """Update the caches and histories after the chunk; its frames.
+
+        Args:
+            job: the chunk.
+            features: (1, C, F, h, h) encoded features of its frames (None when skipped).
+            images: (C,) its full frames, or None each when skipped.
+            inner_lip_areas: (C,) mouth opening of its frames.
+        """
+        t0, count = job.t0, self.chunk
         if self.past:
-            self._cache = np.concatenate([self._cache, features], axis=1)[:, -self.past :].copy()
+            new = features if features is not None else self._cache[:, -1:].expand(-1, count, -1, -1, -1)
+            self._cache = torch.cat([self._cache, new.to(self._cache.device, torch.float32)], dim=1)[
+                :, -self.past :
+            ]
         out = []
         for offset, t in enumerate(range(t0, t0 + count)):
-            self._params.append(params[t])
-            self._gate.append(np.array([gate[t]], np.float32))
-            mark = self.settings.ai_mark
-            image = self.frames.paste(references[offset], crops[offset], mark) if render else None
-            opening = self.frames.inner_lip_area(raw[t], references[offset])
-            out.append(StreamFrame(t - self.warmup, image, references[offset], opening, gate[t]))
-        if render:
-            self.times.add("paste", started)
+            self._params.append(job.params[t])
+            self._gate.append(np.array([job.gates[t]], np.float32))
+            out.append(
+                StreamFrame(
+                    t - self.warmup,
+                    images[offset],
+                    job.references[offset],
+                    float(inner_lip_areas[offset]),
+                    job.gates[t],
+                )
+            )
         for t in list(self._shapes):
             if t < t0 + count - len(self.offsets):
                 del self._shapes[t]
@@ -218,75 +358,111 @@ class AvatarStream:
     def _reference(self, frame: int) -> int:
         return int(self.frames.reference.ping_pong(1, start=frame)[0])
 
-    def _mouth(self, t0: int, last: int) -> tuple[dict[int, FloatArray], dict[int, float]]:
-        """Normalised, gated mouth parameters and gate values of frames t0..last."""
-        window = self.backend.shape.audio_frames
-        rows = [
-            self.features.rows[t] if t >= self.features.rows.start else self.features.silence_row
-            for t in range(last - window + 1, last + 1)
-        ]
-        predicted = self.backend.expressions(np.stack(rows)[None])[0]
-        settings = self.settings
-        attack = 1.0 - math.exp(-1.0 / settings.gate_attack_frames)
-        release = 1.0 - math.exp(-1.0 / settings.gate_release_frames)
-        gate_value = float(self._gate[t0 - 1][0]) if t0 > 0 else 0.0
-        params: dict[int, FloatArray] = {}
-        gates: dict[int, float] = {}
-        for t in range(t0, last + 1):
-            ahead = range(t - 1, min(t + GATE_LOOKAHEAD_FRAMES, last) + 1)
-            loud = max(
-                float(self.features.loudness[u][0]) for u in ahead if u >= self.features.loudness.start
-            )
-            target = 1.0 if loud > settings.silence_dbfs else 0.0
-            gate_value += (attack if target > gate_value else release) * (target - gate_value)
-            if abs(gate_value - target) < GATE_SNAP:  # the ramps end: a still, exactly closed mouth
-                gate_value = target
-            gates[t] = gate_value
-            params[t] = (
-                gate_value * predicted[window - 1 - (last - t)] + (1 - gate_value) * self.rest
-            ).astype(np.float32)
-        return params, gates
 
-    def _smoothing_weights(self, t0: int, last: int, params: dict[int, FloatArray]) -> FloatArray:
-        """(count + L, K) causal smoothing weights of frames t0..last (rows for t0.. in order)."""
-        if not self.use_smoothing:
-            return np.zeros((0, len(self.offsets)), np.float32)
-        window = self.backend.shape.smoothing_frames
-        frames = range(last - window + 1, last + 1)
-        mouth = np.stack(
+def render_chunks(streams: Sequence[AvatarStream], render: Sequence[bool]) -> list[list[StreamFrame]]:
+    """Render the next chunk of each stream in one batch: one backend call per network for all of
+    them, the per-frame work as batched tensor operations on the backend's device.
+
+    A stream's frames do not depend on the others in the batch (the networks treat the batch rows
+    independently), so batched and alone give the same frames.
+
+    Args:
+        streams: B streams of one engine (same backend and device frames), each with its next
+            chunk ready; at most the backend's ``max_batch``.
+        render: per stream, False to skip the renderer (its frames come back without images; its
+            mouth parameters still advance).
+
+    Returns:
+        Per stream, its C frames.
+
+    Raises:
+        RuntimeError: a stream's chunk is not ready.
+    """
+    if not streams:
+        return []
+    first = streams[0]
+    backend, device_frames = first.backend, first.device_frames
+    started = time.perf_counter()
+    jobs = [stream._begin(flag) for stream, flag in zip(streams, render, strict=True)]
+    predicted = backend.expressions(np.stack([job.stream._expression_rows(job) for job in jobs]))
+    for job, rows in zip(jobs, predicted, strict=True):
+        job.stream._apply_expressions(job, rows)
+    timings = {"audio2expression": time.perf_counter() - started}
+    started = time.perf_counter()
+    if first.use_smoothing:
+        windows = np.stack([job.stream._smoothing_rows(job) for job in jobs])
+        for job, weights in zip(jobs, backend.smoothing_weights(windows), strict=True):
+            job.stream._apply_smoothing(job, weights)
+    timings["smoothing"] = time.perf_counter() - started
+    rendering = [job for job in jobs if job.render]
+    outputs: dict[int, tuple[torch.Tensor | None, list[ImageRGB | None]]] = {}
+    if rendering:
+        started = time.perf_counter()
+        requests = [job.stream._shape_requests(job) for job in rendering]
+        flat = [request for job_requests in requests for request in job_requests]
+        rasters = device_frames.face_shapes(
+            np.array([reference for _, reference, _ in flat], np.int64),
+            np.stack([params for _, _, params in flat]).astype(np.float32),
+        )
+        shapes, position = [], 0
+        for job, job_requests in zip(rendering, requests, strict=True):
+            fresh = {t: rasters[position + k] for k, (t, _, _) in enumerate(job_requests)}
+            position += len(job_requests)
+            shapes.append(job.stream._chunk_shapes(job, fresh))
+        references = np.array([r for job in rendering for r in job.references], np.int64)
+        eroded = device_frames.eroded(references)
+        count = first.chunk
+        timings["raster"] = time.perf_counter() - started
+        started = time.perf_counter()
+        audio = np.stack(
             [
-                params[t] if t >= t0 else (self._params[t] if t >= self._params.start else self.rest)
-                for t in frames
+                np.stack([job.stream.features.rows[t] for t in range(job.t0, job.t0 + count)])
+                for job in rendering
             ]
         )
-        weights: FloatArray = self.backend.smoothing_weights(mouth[None])[0][window - 1 - (last - t0) :]
-        return weights
-
-    def _shape(self, t: int, raw: dict[int, FloatArray]) -> FloatArray:
-        t = max(t, 0)
-        if t in raw:
-            return self.frames.face_shape(self._reference(t), raw[t])
-        if t not in self._shapes:
-            previous = self._params[t] if t >= self._params.start else self.rest
-            self._shapes[t] = self.frames.face_shape(self._reference(t), previous * self.frames.mouth_std)
-        shape: FloatArray = self._shapes[t]
-        return shape
-
-    def _smoothed_shapes(
-        self, t0: int, count: int, raw: dict[int, FloatArray], weights: FloatArray
-    ) -> FloatArray:
-        """(C, 4, S, S) (smoothed) face shapes of the chunk's frames."""
-        if not self.use_smoothing:
-            return np.stack([self._shape(t, raw) for t in range(t0, t0 + count)])
-        low, high = t0 + self.offsets[0], t0 + count - 1 + self.offsets[-1]
-        shapes = {t: self._shape(t, raw) for t in range(low, high + 1)}
-        for t in range(t0, t0 + count):
-            self._shapes[t] = shapes[t]
-        out = [
-            np.tensordot(
-                weights[index], np.stack([shapes[t + offset] for offset in self.offsets]), axes=(0, 0)
+        result = backend.run(
+            ChunkInput(
+                torch.cat([job.stream._cache for job in rendering]),
+                eroded.reshape(len(rendering), count, *eroded.shape[1:]),
+                torch.stack(shapes),
+                audio,
             )
-            for index, t in enumerate(range(t0, t0 + count))
-        ]
-        smoothed: FloatArray = np.stack(out).astype(np.float32)
-        return smoothed
+        )
+        # the backend's own buffers: used (and the features copied) before its next call
+        crops = torch.as_tensor(result.frames, device=device_frames.device)
+        features = torch.as_tensor(result.features)
+        timings["renderer"] = time.perf_counter() - started
+        started = time.perf_counter()
+        images = _paste(device_frames, rendering, references, crops.flatten(0, 1))
+        for row, job in enumerate(rendering):
+            outputs[id(job)] = (features[row : row + 1], images[row * count : (row + 1) * count])
+        timings["paste"] = time.perf_counter() - started
+    areas = first.frames.inner_lip_areas(
+        np.stack([job.raw[t] for job in jobs for t in range(job.t0, job.t0 + first.chunk)]),
+        np.array([r for job in jobs for r in job.references], np.int64),
+    ).reshape(len(jobs), first.chunk)
+    results = []
+    for job, job_areas in zip(jobs, areas, strict=True):
+        skipped: list[ImageRGB | None] = [None] * first.chunk
+        features_row, images = outputs.get(id(job), (None, skipped))
+        results.append(job.stream._finish(job, features_row, images, job_areas))
+        for stage, seconds in timings.items():
+            if job.render or stage in ("audio2expression", "smoothing"):
+                job.stream.times.record(stage, 1000 * seconds)
+    return results
+
+
+def _paste(
+    device_frames: DeviceFrames, jobs: list[_ChunkJob], references: IndexArray, crops: torch.Tensor
+) -> list[ImageRGB | None]:
+    """(N,) host images of the jobs' N = B·C frames, pasted in one call per mark setting."""
+    marks = np.repeat([job.stream.settings.ai_mark for job in jobs], jobs[0].stream.chunk)
+    images: list[ImageRGB | None] = [None] * len(references)
+    for mark in (False, True):
+        rows = np.flatnonzero(marks == mark)
+        if len(rows):
+            pasted = device_frames.paste(references[rows], crops[torch.from_numpy(rows)], bool(mark))
+            host = pasted.cpu().numpy()
+            for k, row in enumerate(rows):
+                images[row] = host[k]
+    return images

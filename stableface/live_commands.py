@@ -137,7 +137,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeouts=PeerTimeouts(max_session_s=60 * (args.max_session_minutes or 0)),
     )
     specs = [AvatarSpec.parse(text) for text in (args.avatar or ["default"])]
-    catalog = AvatarCatalog.load(specs, args.backend, stream_settings(args))
+    catalog = AvatarCatalog.load(specs, args.backend, stream_settings(args), settings.max_sessions)
     try:
         server = AvatarServer(catalog, settings)
 

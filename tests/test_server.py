@@ -28,7 +28,9 @@ CALL_PATTERN = [("silence", 1.0), ("speech", 2.0), ("silence", 1.5), ("speech", 
 @pytest.fixture(scope="module")
 def catalog() -> Iterator[AvatarCatalog]:
     """The bundled default avatar: trained, so its rendered pixels follow the mouth."""
-    loaded = AvatarCatalog.load([AvatarSpec.parse(f"face={DEFAULT_AVATAR_DIR}")], "onnxruntime-cpu")
+    loaded = AvatarCatalog.load(
+        [AvatarSpec.parse(f"face={DEFAULT_AVATAR_DIR}")], "onnxruntime-cpu", max_batch=4
+    )
     yield loaded
     loaded.close()
 

@@ -134,17 +134,25 @@ class VirtualWorker(concurrent.futures.Executor):
 
 
 class CostlyBackend:
-    """A real backend whose every chunk costs ``seconds_per_chunk`` of virtual compute."""
+    """A real backend whose every renderer call costs ``seconds_per_chunk`` of virtual compute,
+    plus ``seconds_per_row`` for each session batched into it after the first (the default 0
+    models a GPU, where a batch costs about what one chunk does)."""
 
-    def __init__(self, inner: Backend, clock: VirtualClock, seconds_per_chunk: float) -> None:
+    def __init__(
+        self, inner: Backend, clock: VirtualClock, seconds_per_chunk: float, seconds_per_row: float = 0.0
+    ) -> None:
         self.inner = inner
         self.clock = clock
         self.seconds_per_chunk = seconds_per_chunk
+        self.seconds_per_row = seconds_per_row
         self.name = f"costly-{inner.name}"
         self.shape = inner.shape
+        self.batches: list[int] = []  # the batch size of every call
 
     def run(self, chunk: ChunkInput) -> ChunkOutput:
-        self.clock.charge(self.seconds_per_chunk)
+        rows = int(chunk.eroded.shape[0])
+        self.batches.append(rows)
+        self.clock.charge(self.seconds_per_chunk + self.seconds_per_row * (rows - 1))
         return self.inner.run(chunk)
 
     def __getattr__(self, name: str) -> Any:
