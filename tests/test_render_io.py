@@ -18,9 +18,9 @@ import numpy.typing as npt
 import pytest
 
 from engines import render_io
-from engines.avatar_frames import AvatarFrames
 from engines.backends import StreamShape, load_backend
 from engines.bundle import AvatarBundle
+from engines.device_frames import DeviceFrames
 from engines.offline_render import render_frames
 from offline_training.dataset import AvatarDataset
 from offline_training.synthetic.speech import synthesize_speech
@@ -53,21 +53,22 @@ def golden() -> dict[str, dict[str, list[str]]]:
 def test_a_training_sample_is_the_streaming_input_of_the_same_frames(
     synthetic_dataset: Path, tiny_avatar: Path
 ) -> None:
+    """The renderer inputs of a training sample equal those streaming builds on the device."""
     bundle = AvatarBundle.load(tiny_avatar)
     dataset = AvatarDataset.open(synthetic_dataset)
     size = bundle.config.renderer.image_size
     samples = RendererSamples(dataset, np.arange(len(dataset)), 6, size, augment=False)
-    frames = AvatarFrames(bundle)
+    frames = DeviceFrames(bundle)
     start = int(samples.starts[len(samples.starts) // 2])
     sample = samples.sample(start, rng=None)
-    for k, index in enumerate(range(start, start + 6)):
-        eroded = frames.eroded(index)
-        shape = frames.face_shape(index, dataset.mouth_params[index])
-        assert np.array_equal(sample.eroded[0, k].numpy(), eroded), f"eroded reference of frame {index}"
-        assert np.array_equal(sample.shapes[0, k].numpy(), shape), f"face shape of frame {index}"
-    assert eroded.shape == (3, size, size) and shape.shape == (4, size, size)
+    indices = np.arange(start, start + 6)
+    eroded = frames.eroded(indices).numpy()
+    shapes = frames.face_shapes(indices, dataset.mouth_params[indices]).numpy()
+    assert np.array_equal(sample.eroded[0].numpy(), eroded), "eroded references"
+    assert np.array_equal(sample.shapes[0].numpy(), shapes), "face shapes"
+    assert eroded.shape == (6, 3, size, size) and shapes.shape == (6, 4, size, size)
     # the check can fail: another frame's inputs differ
-    assert not np.array_equal(frames.eroded(start), sample.eroded[0, 5].numpy())
+    assert not np.array_equal(eroded[0], sample.eroded[0, 5].numpy())
 
 
 def test_signed_pixels_round_trip_and_clip() -> None:
