@@ -3,8 +3,9 @@
 Streaming renders many sessions' chunks in one batch; their face shapes, eroded references and
 paste-backs are computed here as tensor operations over the whole batch (CPU or CUDA), with the
 same results as the per-frame definitions of :mod:`engines.render_io` that training and offline
-rendering use (the face-shape coverage exactly, pixels within one grey level; tests). The mesh is
-posed in numpy for the batch (a few small products), everything per pixel runs in torch.
+rendering use (the same rasteriser; eroded references bit for bit; paste-back within one grey
+level, identical on the CPU; tests). The mesh is posed in numpy for the batch (a few small
+products), everything per pixel runs in torch.
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from engines import render_io
 from engines.bundle import AvatarBundle
 from engines.frame_tensors import FrameTensors
-from engines.geometry.layouts import anchors_for
-from engines.geometry.raster_torch import FaceShapeRasterizer
 
 FloatArray = npt.NDArray[np.float32]
 IndexArray = npt.NDArray[np.int64]
@@ -34,14 +34,7 @@ class DeviceFrames:
         self.bundle = bundle
         self.device = torch.device(device)
         self.size = bundle.config.renderer.image_size
-        model = bundle.face_model
-        self.rasterizer = FaceShapeRasterizer(
-            model.triangles,
-            model.vertex_code,
-            tuple(anchors_for(model.layout).inner_lip_ring),
-            self.size,
-            self.device,
-        )
+        self.rasterizer = render_io.rasterizer(bundle.face_model, self.size, self.device)
         self.images = FrameTensors(bundle, self.device)
         if self.device.type == "cuda":  # filled caches never copy indices back to the host
             self.images.preload()
@@ -50,11 +43,14 @@ class DeviceFrames:
         """(N, P, 3) posed mesh points in crop pixels of N frames: each reference frame's pose and
         upper face with the given raw mouth parameters (N, Em)."""
         reference = self.bundle.reference
-        model = self.bundle.face_model
-        posed = reference.pose.select(reference_indices).apply(
-            model.shapes(mouth_params, reference.upper_params[reference_indices])
+        return render_io.crop_points(
+            self.bundle.face_model,
+            self.bundle.crop_box,
+            self.size,
+            reference.pose.select(reference_indices),
+            mouth_params,
+            reference.upper_params[reference_indices],
         )
-        return self.bundle.crop_box.to_crop_points(posed, self.size)
 
     def face_shapes(self, reference_indices: IndexArray, mouth_params: FloatArray) -> torch.Tensor:
         """(N, 4, S, S) float32 face shapes in [0, 1] on the device (see ``render_io.face_shapes``).

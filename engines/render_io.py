@@ -4,8 +4,9 @@ The renderer sees, per frame, an *eroded reference* (the reference crop with its
 to mid grey, in [-1, 1]) and a *face shape* (the posed face mesh rasterised into the crop, in
 [0, 1]); it returns the crop in [-1, 1], which is turned back into pixels and pasted into the full
 reference frame under a feathered mouth mask, with the "AI-generated" mark on top. Every path that
-builds those inputs or consumes that output calls these functions, so a training sample of frame k
-and the streaming input of frame k are the same arrays.
+builds those inputs or consumes that output calls these functions (streaming through their
+batched tensor forms in :mod:`engines.device_frames`, tested equal), so a training sample of
+frame k and the streaming input of frame k are the same arrays.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from engines.ai_mark import apply_ai_mark
 from engines.geometry.crop import CropBox, paste_back
@@ -20,7 +22,7 @@ from engines.geometry.face_model import FaceModel
 from engines.geometry.layouts import anchors_for
 from engines.geometry.masks import mouth_mask, paste_mask
 from engines.geometry.pose import HeadPose
-from engines.geometry.raster import rasterize_face_shape
+from engines.geometry.raster_torch import FaceShapeRasterizer
 
 FloatArray = npt.NDArray[np.float32]
 ImageRGB = npt.NDArray[np.uint8]
@@ -66,7 +68,7 @@ def crop_mouth_mask(landmarks: FloatArray, box: CropBox, face_model: FaceModel, 
     return mouth_mask(box.to_crop_points(landmarks, size), face_model.mouth_region, size)
 
 
-def face_shapes(
+def crop_points(
     face_model: FaceModel,
     box: CropBox,
     size: int,
@@ -74,7 +76,7 @@ def face_shapes(
     mouth_params: FloatArray,
     upper_params: FloatArray,
 ) -> FloatArray:
-    """Rasterised face shapes of T frames.
+    """(T, N, 3) posed face-model points of T frames in crop pixels at side ``size`` (z scaled alike).
 
     Args:
         face_model: the avatar's face model.
@@ -83,19 +85,33 @@ def face_shapes(
         pose: the T frames' head poses.
         mouth_params: (T, Em) raw mouth parameters (face-model units).
         upper_params: (T, Eu) upper-face parameters.
+    """
+    posed = pose.apply(face_model.shapes(mouth_params, upper_params))
+    return box.to_crop_points(posed, size)
+
+
+def rasterizer(face_model: FaceModel, size: int, device: torch.device | str = "cpu") -> FaceShapeRasterizer:
+    """The face-shape rasteriser of an avatar's mesh at side ``size``."""
+    ring = tuple(anchors_for(face_model.layout).inner_lip_ring)
+    return FaceShapeRasterizer(face_model.triangles, face_model.vertex_code, ring, size, device)
+
+
+def face_shapes(
+    face_model: FaceModel,
+    box: CropBox,
+    size: int,
+    pose: HeadPose,
+    mouth_params: FloatArray,
+    upper_params: FloatArray,
+) -> FloatArray:
+    """Rasterised face shapes of T frames (arguments as :func:`crop_points`).
 
     Returns:
         (T, 4, S, S) float32 in [0, 1]: canonical code xyz and the inner-mouth mask.
     """
-    posed = pose.apply(face_model.shapes(mouth_params, upper_params))
-    ring = anchors_for(face_model.layout).inner_lip_ring
-    images = [
-        rasterize_face_shape(
-            box.to_crop_points(points, size), face_model.triangles, face_model.vertex_code, ring, size
-        )
-        for points in posed
-    ]
-    return np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2), dtype=np.float32)
+    points = crop_points(face_model, box, size, pose, mouth_params, upper_params)
+    shapes: FloatArray = rasterizer(face_model, size)(torch.from_numpy(points)).numpy()
+    return shapes
 
 
 def paste_weights(mask: Mask) -> FloatArray:

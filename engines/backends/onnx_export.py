@@ -3,8 +3,8 @@
 An export folder holds ``audio2expression.onnx``, ``smoothing.onnx`` and ``renderer_chunk.onnx``
 (opset 18, fp32, named inputs and outputs; only the batch axis is dynamic, of any size, for
 batching sessions: one export serves every ``max_batch``) and ``export.json``. The folder is
-written beside itself under a temporary name and renamed when complete. Each graph passes ``onnx.checker`` and uses only operators that
-TensorRT 10's parser supports.
+written beside itself under a temporary name and renamed when complete. Each graph passes
+``onnx.checker`` and uses only operators that TensorRT 10's parser supports.
 """
 
 from __future__ import annotations
