@@ -1,6 +1,10 @@
 """Choosing and loading a backend for an avatar: ``auto`` takes the best one this machine can run.
 
-Order of preference: tensorrt > onnxruntime-cuda > torch-cuda > onnxruntime-cpu > torch-cpu.
+Order of preference: torch-cuda > tensorrt > onnxruntime-cuda > onnxruntime-cpu > torch-cpu. On a
+GPU, torch-cuda comes first: it runs the batch buckets as CUDA graphs and keeps frames on the
+device from the renderer through paste-back (the render scheduler's path); TensorRT has the same
+interface but has never run on this project's machines, and ONNX Runtime CUDA copies every call's
+frames to the host.
 ONNX-based backends use the avatar's export for the requested shapes, exporting it first when it
 is missing or stale (into ``AVATAR/engines``, or a temporary folder when the avatar is read-only).
 """
@@ -24,9 +28,9 @@ from engines.errors import InputError, OutputError, StableFaceError
 logger = logging.getLogger(__name__)
 
 AUTO_ORDER: tuple[BackendName, ...] = (
+    "torch-cuda",
     "tensorrt",
     "onnxruntime-cuda",
-    "torch-cuda",
     "onnxruntime-cpu",
     "torch-cpu",
 )
@@ -37,12 +41,12 @@ def available_backends() -> list[BackendName]:
     """The backends this machine can run, best first."""
     cuda = torch.cuda.is_available()
     found: list[BackendName] = []
+    if cuda:
+        found.append("torch-cuda")
     if cuda and importlib.util.find_spec("tensorrt") is not None:
         found.append("tensorrt")
     if cuda and cuda_provider_available():
         found.append("onnxruntime-cuda")
-    if cuda:
-        found.append("torch-cuda")
     found += ["onnxruntime-cpu", "torch-cpu"]
     return found
 
@@ -95,7 +99,7 @@ def load_networks_backend(
     if name == "torch-cpu":
         return TorchBackend(networks, shape, "cpu")
     if name == "torch-cuda":
-        return TorchBackend(networks, shape, "cuda", precision or "fp16")
+        return TorchBackend(networks, shape, "cuda", precision or "fp16", cuda_graphs=True)
     folder = export_folder(networks, shape, avatar_root)
     if name == "onnxruntime-cpu":
         return OnnxRuntimeBackend(folder, "cpu", intra_op_threads, shape.max_batch)
