@@ -64,6 +64,11 @@ def add_serve_parser(sub: Any) -> None:
         default=default_of(ServerSettings, "max_sessions"),
         help="concurrent calls (default %(default)s)",
     )
+    serve.add_argument(
+        "--max-batch",
+        type=positive_int,
+        help="most calls rendered in one batched renderer call (default: --max-sessions; 1: unbatched)",
+    )
     serve.add_argument("--token", help="require this bearer token for /offer and /metrics")
     serve.add_argument(
         "--cert", type=Path, help="TLS certificate (PEM); browsers need https beyond localhost"
@@ -137,7 +142,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeouts=PeerTimeouts(max_session_s=60 * (args.max_session_minutes or 0)),
     )
     specs = [AvatarSpec.parse(text) for text in (args.avatar or ["default"])]
-    catalog = AvatarCatalog.load(specs, args.backend, stream_settings(args), settings.max_sessions)
+    catalog = AvatarCatalog.load(
+        specs, args.backend, stream_settings(args), args.max_batch or settings.max_sessions
+    )
     try:
         server = AvatarServer(catalog, settings)
 
