@@ -66,6 +66,7 @@ class AvatarCatalog:
         try:
             for spec in specs:
                 engine = AvatarEngine.load(spec.path, backend, settings, max_batch)
+                engine.preload()
                 name = spec.name or _safe_name(engine.bundle.manifest.name, spec.path)
                 if name in loaded:
                     engine.close()

@@ -96,6 +96,11 @@ class AvatarEngine:
         shape = StreamShape.for_config(bundle.config, chunk_frames=settings.chunk_frames, max_batch=max_batch)
         return cls(bundle, load_backend(bundle, backend, shape), settings)
 
+    def preload(self) -> None:
+        """Decode and cache every reference frame's images for the per-frame work now (a second or
+        so), so that the first pass of live calls through the reference video does not pay it."""
+        self.device_frames.images.preload()
+
     @property
     def latency_ms(self) -> float:
         """The output delay: audio sample in → the frame showing it and the sample itself out."""
