@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_backends import CONFIG, _random_networks
 
 from engines.backends import ChunkInput, StreamShape, TorchBackend
 from engines.backends.base import host_array
@@ -14,23 +15,13 @@ from engines.backends.parity import random_inputs
 from engines.backends.torch_backend import BucketedCall, Float32Outputs, compute_dtypes
 from engines.bundle import AvatarNetworks, build_networks
 from engines.errors import InputError
-from engines.nets import PRESETS
 
-CONFIG = PRESETS["tiny"]
 TOLERANCE = 1e-5
 
 
 @pytest.fixture(scope="module")
 def networks() -> AvatarNetworks:
-    """Tiny networks with every weight perturbed, so that zero-initialised layers take part."""
-    torch.manual_seed(0)
-    networks = build_networks(CONFIG)
-    with torch.no_grad():
-        for module in (networks.audio2expression, networks.renderer, networks.smoothing):
-            for parameter in module.parameters():
-                parameter.add_(0.05 * torch.randn_like(parameter))
-            module.eval()
-    return networks
+    return _random_networks()
 
 
 @pytest.fixture(scope="module")
