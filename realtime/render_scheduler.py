@@ -103,6 +103,7 @@ class RenderScheduler:
         self.stats = SchedulerStats()
         self._waiting: list[_Entry] = []
         self._busy = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # where the batch in flight delivers
         self._served: dict[int, int] = {}  # id(session) -> number of the batch that last served it
 
     async def render(self, session: ScheduledSession, pending: Samples, end: bool) -> list[StreamFrame]:
@@ -116,6 +117,9 @@ class RenderScheduler:
             Exception: what the session's own work raised (other sessions are unaffected).
         """
         loop = asyncio.get_running_loop()
+        if self._loop is not loop and self._loop is not None and self._loop.is_closed():
+            # a batch started on a loop that has closed cannot deliver: its sessions are gone
+            self._busy, self._waiting = False, []
         entry = _Entry(session, pending, end, loop.create_future())
         self._waiting.append(entry)
         if not self._busy:
@@ -128,7 +132,7 @@ class RenderScheduler:
 
     def _launch(self, loop: asyncio.AbstractEventLoop) -> None:
         entries, self._waiting = self._waiting, []
-        self._busy = True
+        self._busy, self._loop = True, loop
         done = loop.run_in_executor(self._executor(), self._batch, entries)
         done.add_done_callback(lambda outcome: self._deliver(loop, entries, outcome))
 

@@ -102,18 +102,31 @@ def test_latency_quick_times_every_stage_and_the_lips_over_webrtc(tmp_path: Path
     assert result_file.with_suffix(".md").read_text().startswith("# latency")
 
 
-def test_throughput_quick_counts_frames_per_session_count(tmp_path: Path) -> None:
+def test_throughput_quick_sweeps_sessions_batched_and_unbatched(tmp_path: Path) -> None:
     module = _load("throughput")
     assert module.main(["--quick", "--results", str(tmp_path)]) == 0  # the bundled default avatar
     [result_file] = tmp_path.glob("throughput-*-quick.json")
-    [row] = json.loads(result_file.read_text())["rows"]
-    assert row["saturated_frames_per_s"] > 0 and row["ceiling_frames_per_s"] > 0
-    first = row["sessions"][0]
-    assert first["sessions"] == 1 and isinstance(first["real_time"], bool)
-    assert first["rendered_frames_per_s"] > 0
-    assert [s["sessions"] for s in row["sessions"]] == sorted({s["sessions"] for s in row["sessions"]})
-    assert isinstance(row["max_real_time_sessions"], int) and row["max_real_time_sessions"] >= 0
-    assert result_file.with_suffix(".md").read_text().startswith("# throughput")
+    rows = json.loads(result_file.read_text())["rows"]
+    assert [(row["preset"], row["batching"], row["max_batch"]) for row in rows] == [
+        ("mini", "batched", 2),
+        ("mini", "unbatched", 1),
+    ]
+    for row in rows:
+        assert row["saturated_frames_per_s"] > 0 and row["ceiling_frames_per_s"] > 0
+        by_batch = row["saturated_frames_per_s_by_batch"]
+        assert list(by_batch) == (["1", "2"] if row["batching"] == "batched" else ["1"])
+        assert all(fps > 0 for fps in by_batch.values())
+        first = row["sessions"][0]
+        assert first["sessions"] == 1 and isinstance(first["real_time"], bool)
+        assert first["rendered_frames_per_s"] > 0 and first["output_slots"] > 0
+        assert [s["sessions"] for s in row["sessions"]] == sorted({s["sessions"] for s in row["sessions"]})
+        for step in row["sessions"]:
+            assert 0 <= step["repeated_fraction"] <= 1
+            assert 1 <= step["mean_batch_size"] <= row["max_batch"]
+            assert step["real_time"] <= step["real_time_p95_lateness"]  # the stricter criterion
+        assert 0 <= row["max_real_time_sessions"] <= row["max_sessions_p95_lateness"] <= 2
+    text = result_file.with_suffix(".md").read_text()
+    assert text.startswith("# throughput") and "unbatched vs batched" in text
 
 
 def test_avatar_load_quick_times_the_bundled_avatar(tmp_path: Path) -> None:
@@ -149,3 +162,29 @@ def test_a_benchmark_without_a_usable_avatar_says_so_in_one_line(tmp_path: Path)
     )
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0 and "not an avatar" in result.stderr
+
+
+def test_preset_avatar_makes_a_reusable_untrained_bundle_that_streams(tmp_path: Path) -> None:
+    from engines.bundle import MANIFEST, AvatarBundle
+    from realtime.engine import AvatarEngine
+    from realtime.file_stream import stream_file
+
+    preset_avatar = _load("preset_avatar").preset_avatar
+    path = preset_avatar("tiny", tmp_path, seed=1)
+    written = (path / MANIFEST).stat().st_mtime_ns
+    assert preset_avatar("tiny", tmp_path, seed=1) == path  # reused, not rewritten
+    assert (path / MANIFEST).stat().st_mtime_ns == written
+    assert preset_avatar("tiny", tmp_path, seed=2) != path
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left
+    bundle = AvatarBundle.load(path)
+    assert bundle.config.preset == "tiny" and "untrained" in bundle.manifest.name
+    assert "untrained" in str(bundle.manifest.training["status"])
+    assert bundle.reference.crop(0).shape == (64, 64, 3)  # stored at the preset's size
+    engine = AvatarEngine.load(path, "torch-cpu")
+    try:
+        frames = list(stream_file(engine, np.zeros(16000 // 5, np.float32)))
+    finally:
+        engine.close()
+    images = [frame.image for frame in frames if frame.image is not None]
+    assert len(frames) == len(images) == 5
+    assert images[0].shape == (*bundle.manifest.full_frame_size[::-1], 3)

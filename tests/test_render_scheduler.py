@@ -256,3 +256,19 @@ def test_more_sessions_than_max_batch_wait_for_the_next_batch(
         assert max(costly.batches) == 2 and engine.scheduler.stats.deferred > 0
     finally:
         small.close()
+
+
+def test_a_batch_cut_off_by_its_closing_event_loop_does_not_stall_the_next_loop(
+    bundle: AvatarBundle, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine outlives an event loop that closed with a batch in flight (``asyncio.run`` per
+    benchmark step, say): that batch can never deliver, and sessions on the next loop are still
+    rendered."""
+    engine, clock, _ = _engine(bundle, backend, monkeypatch, 30.0)
+    gone = asyncio.new_event_loop()
+    gone.close()
+    engine.scheduler._busy, engine.scheduler._loop = True, gone  # as a cut-off batch leaves it
+    audio = speech_bursts([0.3], 2.0, seed=1)
+    [(session, frames, times)] = _live_sessions(engine, clock, [audio])
+    _assert_paced(session, frames, times)
+    assert session.stats.frames_rendered > 0.9 * len(frames), session.stats.snapshot()
