@@ -5,7 +5,7 @@ paste-backs are computed here as tensor operations over the whole batch (CPU or 
 same results as the per-frame definitions of :mod:`engines.render_io` that training and offline
 rendering use (the same rasteriser; eroded references bit for bit; paste-back within one grey
 level, identical on the CPU; tests). The mesh is posed in numpy for the batch (a few small
-products), everything per pixel runs in torch.
+products), everything per pixel runs in torch (on one CPU thread: ``engines.torch_threads``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 from engines import render_io
 from engines.bundle import AvatarBundle
 from engines.frame_tensors import FrameTensors
+from engines.torch_threads import one_cpu_thread
 
 FloatArray = npt.NDArray[np.float32]
 IndexArray = npt.NDArray[np.int64]
@@ -62,14 +63,17 @@ class DeviceFrames:
         if len(reference_indices) == 0:
             return torch.zeros((0, 4, self.size, self.size), device=self.device)
         points = self.crop_points(reference_indices, mouth_params)
-        return self.rasterizer(torch.from_numpy(points).to(self.device))
+        with one_cpu_thread(self.device):
+            return self.rasterizer(torch.from_numpy(points).to(self.device))
 
     def eroded(self, reference_indices: IndexArray) -> torch.Tensor:
         """(N, 3, S, S) float32 eroded reference crops in [-1, 1] on the device."""
-        return self.images.eroded(torch.as_tensor(reference_indices, device=self.device))
+        with one_cpu_thread(self.device):
+            return self.images.eroded(torch.as_tensor(reference_indices, device=self.device))
 
     def paste(self, reference_indices: IndexArray, rendered: torch.Tensor, ai_mark: bool) -> torch.Tensor:
         """(N, H, W, 3) uint8 full frames on the device: rendered crops (N, 3, S, S) in [-1, 1]
         pasted into their reference frames, with the "AI-generated" mark when ``ai_mark``."""
         indices = torch.as_tensor(reference_indices, device=self.device)
-        return self.images.paste(indices, rendered.to(self.device, torch.float32), ai_mark)
+        with one_cpu_thread(self.device):
+            return self.images.paste(indices, rendered.to(self.device, torch.float32), ai_mark)

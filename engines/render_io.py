@@ -23,6 +23,7 @@ from engines.geometry.layouts import anchors_for
 from engines.geometry.masks import mouth_mask, paste_mask
 from engines.geometry.pose import HeadPose
 from engines.geometry.raster_torch import FaceShapeRasterizer
+from engines.torch_threads import one_cpu_thread
 
 FloatArray = npt.NDArray[np.float32]
 ImageRGB = npt.NDArray[np.uint8]
@@ -110,7 +111,8 @@ def face_shapes(
         (T, 4, S, S) float32 in [0, 1]: canonical code xyz and the inner-mouth mask.
     """
     points = crop_points(face_model, box, size, pose, mouth_params, upper_params)
-    shapes: FloatArray = rasterizer(face_model, size)(torch.from_numpy(points)).numpy()
+    with one_cpu_thread(torch.device("cpu")):
+        shapes: FloatArray = rasterizer(face_model, size)(torch.from_numpy(points)).numpy()
     return shapes
 
 

@@ -15,7 +15,6 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import torch
 from threadpoolctl import threadpool_limits
 
 from engines.avatar_frames import AvatarFrames
@@ -47,27 +46,6 @@ def _single_threaded_blas() -> CountedHold[threadpool_limits]:
 _BLAS = _single_threaded_blas()
 
 
-def _single_threaded_torch() -> CountedHold[int]:
-    """torch's CPU ops on one thread while an engine whose networks do not run in torch on the CPU
-    is open (process-wide, counted like the BLAS limit; the previous count returns after).
-
-    The per-frame tensor work is small, and torch's OpenMP team waits at every barrier for a thread
-    that another busy thread of the server (the backend's, the event loop's, a caller's) has taken
-    the core from: with two threads a batch of raster and paste-back took 200-650 ms instead of
-    5-16 ms on this 2-core machine under load (measured).
-    """
-
-    def apply() -> int:
-        previous = torch.get_num_threads()
-        torch.set_num_threads(1)
-        return previous
-
-    return CountedHold(apply, torch.set_num_threads)
-
-
-_TORCH = _single_threaded_torch()
-
-
 class AvatarEngine:
     """A loaded avatar with its backend, ready to open sessions.
 
@@ -76,8 +54,7 @@ class AvatarEngine:
         backend: a backend loaded for this avatar's networks.
         settings: default stream settings of its sessions.
 
-    While it is open, numpy's BLAS runs on one thread in this process (see ``_single_threaded_blas``),
-    and so do torch's CPU ops unless the backend is torch-cpu (``_single_threaded_torch``);
+    While it is open, numpy's BLAS runs on one thread in this process (see ``_single_threaded_blas``);
     ``close`` restores the previous limits once no other engine is open.
     """
 
@@ -94,11 +71,6 @@ class AvatarEngine:
         )
         self.scheduler = RenderScheduler(lambda: self.executor, backend.shape.max_batch)
         _BLAS.acquire()
-        # the torch-cpu backend keeps its threads: its networks are torch, and its frames are the
-        # reference the other backends are checked against
-        self._torch_threads_held = backend.name != "torch-cpu"
-        if self._torch_threads_held:
-            _TORCH.acquire()
         self._closed = False
         self.lookahead_frames = bundle.config.audio.lookahead_frames
         allowance = self.settings.compute_allowance_ms
@@ -167,5 +139,3 @@ class AvatarEngine:
         self.executor.shutdown(wait=True)
         self.backend.close()
         _BLAS.release()
-        if self._torch_threads_held:
-            _TORCH.release()

@@ -37,6 +37,7 @@ from engines.backends.base import Backend, ChunkInput
 from engines.bundle import AvatarBundle
 from engines.device_frames import DeviceFrames
 from engines.timebase import SAMPLES_PER_FRAME
+from engines.torch_threads import one_cpu_thread
 from realtime.features import FrameFeatures, FrameHistory
 from realtime.settings import StreamSettings
 
@@ -307,7 +308,8 @@ class AvatarStream:
                 [torch.stack([shape(t + offset) for offset in self.offsets]) for t in range(t0, t0 + count)]
             )  # (C, K, 4, S, S)
             weights = torch.from_numpy(np.ascontiguousarray(job.weights[:count])).to(taps.device)
-            shapes = torch.einsum("ck,ckxyz->cxyz", weights, taps)
+            with one_cpu_thread(taps.device):
+                shapes = torch.einsum("ck,ckxyz->cxyz", weights, taps)
         for t in [t for t in fresh if t not in job.raw or t < t0 + count]:
             self._shapes[t] = fresh[t]
         return shapes

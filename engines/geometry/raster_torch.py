@@ -60,13 +60,24 @@ def _expand(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return item, offset, starts
 
 
-def _spread(values: torch.Tensor, starts: torch.Tensor, total: int) -> torch.Tensor:
-    """(K,) per-item values -> (T,) the value of each output's item (see :func:`_expand`)."""
-    steps = values.clone()
-    steps[1:] -= values[:-1]
-    marker = torch.zeros(total + 1, dtype=values.dtype, device=values.device)
-    marker.index_add_(0, starts, steps)
-    return torch.cumsum(marker[:total], 0)
+def _items(counts: torch.Tensor, dtype: torch.dtype = torch.int64) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Item of each of ``counts[i]`` outputs per item i, without the offsets of :func:`_expand`.
+
+    Args:
+        counts: (K,) int64, >= 0.
+        dtype: integer type of the result, wide enough for K.
+
+    Returns:
+        (T,) item of each output (``dtype``), (K,) int64 first output of each item, and T.
+    """
+    ends = torch.cumsum(counts, 0)
+    starts = ends - counts
+    total = int(ends[-1]) if counts.numel() else 0
+    marker = torch.zeros(total + 1, dtype=dtype, device=counts.device)
+    marker.index_add_(0, starts, torch.ones_like(starts, dtype=dtype))
+    item = torch.cumsum(marker[:total], 0, dtype=dtype)
+    item -= 1
+    return item, starts, total
 
 
 def _scaled_trunc(a: torch.Tensor, b: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
@@ -122,8 +133,12 @@ def _clip_line(
         (K,) bool whether the clipped segment is inside, and the end points as OpenCV leaves them
         (moved even for some segments it then rejects).
     """
-    out = (x1 < 0) | (x1 >= width) | (y1 < 0) | (y1 >= height)
-    out |= (x2 < 0) | (x2 >= width) | (y2 < 0) | (y2 >= height)
+    if width == height:
+        ends = torch.stack([x1, y1, x2, y2])
+        out = ((ends < 0) | (ends >= width)).any(0)
+    else:
+        out = (x1 < 0) | (x1 >= width) | (y1 < 0) | (y1 >= height)
+        out |= (x2 < 0) | (x2 >= width) | (y2 < 0) | (y2 >= height)
     index = out.nonzero().squeeze(1)
     if index.numel() == 0:  # clipLine leaves segments inside the image as they are
         return ~out, x1, y1, x2, y2
@@ -147,6 +162,8 @@ def _line2_pixels(
     size: int,
     base: torch.Tensor,
     value: torch.Tensor,
+    spare: int,
+    itype: torch.dtype,
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """Pixels put by OpenCV's ``Line2`` for (K,) int64 segments in 16.16 fixed point.
 
@@ -158,41 +175,53 @@ def _line2_pixels(
         size: image side S.
         base: (K,) flat index of each segment's canvas.
         value: (K,) value of each segment.
+        spare: an index the caller ignores, given to the end points of segments off the image.
+        itype: integer type of the values and of the per-pixel work (int32 if the canvas and
+            the values fit, else int64).
 
     Returns:
-        ((T,) flat canvas index, (T,) value) of the DDA pixels, and (K',) likewise of the end
-        points (duplicates possible).
+        ((T,) int64 flat canvas index, (T,) ``itype`` value) of the DDA pixels, and (K,)
+        likewise of the end points (duplicates possible).
     """
     side = size + 1
     inside, x1, y1, x2, y2 = _clip_line(size << XY_SHIFT, size << XY_SHIFT, x1, y1, x2, y2)
-    dx, dy = x2 - x1, y2 - y1
-    horizontal = dx.abs() > dy.abs()
-    swap = torch.where(horizontal, dx < 0, dy < 0)
-    sx1, sx2 = torch.where(swap, x2, x1), torch.where(swap, x1, x2)
-    sy1, sy2 = torch.where(swap, y2, y1), torch.where(swap, y1, y2)
-    major_len = torch.where(horizontal, sx2 - sx1, sy2 - sy1)
-    minor_len = torch.where(horizontal, sy2 - sy1, sx2 - sx1)
+    ends = torch.stack([x1, y1, x2, y2]).view(2, 2, -1)  # (end, axis, K)
+    d = ends[1] - ends[0]
+    d_abs = d.abs()
+    horizontal = d_abs[0] > d_abs[1]
+    # (end, major/minor axis, K), then the ends ordered along the major axis.
+    axes = torch.where(horizontal, ends, ends.flip(1))
+    ordered = torch.where(axes[1, 0] < axes[0, 0], axes.flip(0), axes)
+    major_len = torch.where(horizontal, d_abs[0], d_abs[1])
+    minor_len = ordered[1, 1] - ordered[0, 1]
     step = torch.div(minor_len * (1 << XY_SHIFT), major_len | 1, rounding_mode="trunc")
     major_stride = torch.where(horizontal, 1, side)
-    minor_stride = torch.where(horizontal, side, 1)
-    major0 = (torch.where(horizontal, sx1, sy1) + _HALF) >> XY_SHIFT
-    minor0 = torch.where(horizontal, sy1, sx1) + _HALF
+    minor_stride = (side + 1) - major_stride
+    rounded = (ordered + _HALF) >> XY_SHIFT
     counts = torch.where(inside, (major_len >> XY_SHIFT) + 1, 0)
 
-    segment, k, _ = _expand(counts)
-    minor = k * step.index_select(0, segment)
-    minor += minor0.index_select(0, segment)
+    # Per pixel in ``itype`` (int32 where the canvas allows: much faster on CPU). Every term
+    # fits: indices lie in the canvas, |k * step| <= the minor length (|step| <= 2^16) and the
+    # minor coordinate stays in [0, size << 16] + 1/2 for a clipped segment.
+    segment, starts, _ = _items(counts, itype)
+
+    def at(values: torch.Tensor) -> torch.Tensor:
+        return values.to(itype).index_select(0, segment)
+
+    k = torch.arange(segment.numel(), dtype=itype, device=segment.device)
+    k -= at(starts)
+    index = at(major_stride) * k
+    index += at(base + rounded[0, 0] * major_stride)
+    minor = at(step) * k
+    minor += at(ordered[0, 1] + _HALF)
     minor >>= XY_SHIFT
-    minor *= minor_stride.index_select(0, segment)
-    index = k * major_stride.index_select(0, segment)
-    index += (base + major0 * major_stride).index_select(0, segment)
+    minor *= at(minor_stride)
     index += minor
 
-    ends = inside.nonzero().squeeze(1)
-    end_x = (sx2.index_select(0, ends) + _HALF) >> XY_SHIFT
-    end_y = (sy2.index_select(0, ends) + _HALF) >> XY_SHIFT
-    end_index = base.index_select(0, ends) + end_y * side + end_x
-    return (index, value.index_select(0, segment)), (end_index, value.index_select(0, ends))
+    # The far end point, of inside segments only: the others go to the spare last element.
+    end_index = base + rounded[1, 0] * major_stride + rounded[1, 1] * minor_stride
+    end_index = torch.where(inside, end_index, spare)
+    return (index.long(), at(value)), (end_index, value.to(itype))
 
 
 def _line_pixels(
@@ -278,13 +307,17 @@ class FaceShapeRasterizer:
         self.vertex_code = torch.as_tensor(code.astype(np.float32), device=self.device)
         self.inner_lip_ring = torch.as_tensor(np.asarray(inner_lip_ring, np.int64), device=self.device)
         self._three = torch.tensor(3.0, dtype=torch.float32, device=self.device)
-        self._xy_rows = torch.tensor([0, 1, 3, 4, 6, 7], device=self.device)
         # Row 3 v + c of a triangle's corner table is coordinate c of its vertex v.
         self._corner_offsets = (
             self.triangles.T[:, None, :] * 3 + torch.arange(3, device=self.device)[None, :, None]
         ).reshape(9, -1)
         # (9, M): channel c of the code of vertex v in row 3 v + c.
         self._corner_code = self.vertex_code[self.triangles].permute(1, 2, 0).reshape(9, -1)
+        # Column f: the corners a, b, c when corner f comes first.
+        self._rotations = torch.tensor([[0, 1, 2], [1, 2, 0], [2, 0, 1]], device=self.device)
+        self._edge_from = torch.tensor([0, 0, 1, 2], device=self.device)  # a->b, a->c, b->c, c->b
+        self._edge_to = torch.tensor([1, 2, 2, 1], device=self.device)
+        self._constants: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, points: torch.Tensor) -> torch.Tensor:
         """Render the face-shape images of B frames.
@@ -367,45 +400,60 @@ class FaceShapeRasterizer:
         """
         size, side = self.size, self.size + 1
         count = self.triangles.shape[0]
+        base, ranks, frame_offset = self._batch_constants(batch)
         # As NumPy's float32 mean: ((z0 + z1) + z2) / 3, divided by a device tensor so CUDA does
         # not turn the division into a multiplication by 1/3.
         depth = ((corners[2] + corners[5]) + corners[8]).view(batch, count) / self._three
         order = torch.sort(-depth, dim=1, stable=True).indices  # (B, M): draw order, far first
-        rank = torch.empty_like(order).scatter_(
-            1, order, torch.arange(count, device=self.device).expand(batch, -1)
-        )
-        rank = rank.view(-1)
-        base = torch.arange(batch, device=self.device).repeat_interleave(count) * (side * side)
+        # frame * M + draw rank: ranks of different frames never meet on one canvas.
+        rank = torch.empty_like(order).scatter_(1, order, ranks).view(-1)
 
-        fixed = _fixed(corners.index_select(0, self._xy_rows))
-        xv, yv = fixed[0::2], fixed[1::2]  # (3, B*M) in 1/16 pixel
+        fixed = _fixed(corners.view(3, 3, -1)[:, :2])  # (3 corners, x y, B*M) in 1/16 pixel
+        xv, yv = fixed[:, 0], fixed[:, 1]
 
-        best = torch.full((batch * side * side,), -1, dtype=torch.int64, device=self.device)
+        spare = batch * side * side
+        itype = torch.int32 if spare < 1 << 31 else torch.int64
+        best = torch.full((spare + 1,), -1, dtype=itype, device=self.device)
         # FillConvexPoly draws the edges (v2, v0), (v0, v1), (v1, v2) with Line2, in 16.16 ...
-        shift = XY_SHIFT - SUBPIXEL_BITS
-        xf, yf = (xv << shift).view(-1), (yv << shift).view(-1)
+        fine = fixed << (XY_SHIFT - SUBPIXEL_BITS)
+        start = fine.roll(1, 0)
         for index, value in _line2_pixels(
-            xf.roll(count * batch),
-            yf.roll(count * batch),
-            xf,
-            yf,
+            start[:, 0].reshape(-1),
+            start[:, 1].reshape(-1),
+            fine[:, 0].reshape(-1),
+            fine[:, 1].reshape(-1),
             size,
             base.repeat(3),
             rank.repeat(3),
+            spare,
+            itype,
         ):
             best.scatter_reduce_(0, index, value, "amax")
         # ... then fills its scanlines.
-        index, value = self._span_pixels(xv, yv, base, rank)
+        index, value = self._span_pixels(xv, yv, base, rank, itype)
         best.scatter_reduce_(0, index, value, "amax")
 
-        best = best.view(batch, side, side)[:, :size, :size].reshape(-1)
+        best = best[:spare].view(batch, side, side)[:, :size, :size].reshape(-1)
         pixel = (best >= 0).nonzero().squeeze(1)
-        frame_offset = torch.div(pixel, size * size, rounding_mode="floor") * count
-        tri = order.view(-1).index_select(0, frame_offset + best.index_select(0, pixel)) + frame_offset
+        tri = (order + frame_offset).view(-1).index_select(0, best.index_select(0, pixel))
         return pixel, tri
 
+    def _batch_constants(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B*M,) canvas base of each triangle, (B, M) ``frame * M + m``, (B, 1) ``frame * M``."""
+        cached = self._constants.get(batch)
+        if cached is None:
+            count, side = self.triangles.shape[0], self.size + 1
+            frame = torch.arange(batch, device=self.device)
+            base = frame.repeat_interleave(count) * (side * side)
+            ranks = torch.arange(batch * count, device=self.device).view(batch, count)
+            cached = (base, ranks, (frame * count).view(batch, 1))
+            if len(self._constants) >= 8:
+                self._constants.clear()
+            self._constants[batch] = cached
+        return cached
+
     def _span_pixels(
-        self, xv: torch.Tensor, yv: torch.Tensor, base: torch.Tensor, rank: torch.Tensor
+        self, xv: torch.Tensor, yv: torch.Tensor, base: torch.Tensor, rank: torch.Tensor, itype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Scanline spans of FillConvexPoly.
 
@@ -413,66 +461,71 @@ class FaceShapeRasterizer:
             xv, yv: (3, K) int64 triangle corners in 1/16 pixel.
             base: (K,) flat index of each triangle's canvas (side S + 1).
             rank: (K,) draw rank of each triangle.
+            itype: integer type of the ranks returned and of the per-pixel work.
 
         Returns:
-            (T,) flat canvas index and (T,) draw rank of every span pixel.
+            (T,) int64 flat canvas index and (T,) ``itype`` draw rank of every span pixel.
         """
         size, side = self.size, self.size + 1
         y0, y1, y2 = yv.unbind(0)
         first = torch.where(y2 < torch.minimum(y0, y1), 2, (y1 < y0).long())  # first smallest y
-        corner = torch.stack([first, (first + 1) % 3, (first + 2) % 3])  # a, b, c
-        xa, xb, xc = (xv.gather(0, corner) << (XY_SHIFT - SUBPIXEL_BITS)).unbind(0)
-        ra, rb, rc = ((yv.gather(0, corner) + _SUBPIXEL_HALF) >> SUBPIXEL_BITS).unbind(0)
+        corner = self._rotations.index_select(1, first)  # rows a, b, c
+        x = xv.gather(0, corner) << (XY_SHIFT - SUBPIXEL_BITS)
+        r = (yv.gather(0, corner) + _SUBPIXEL_HALF) >> SUBPIXEL_BITS
+        ra = r[0]
 
-        def slope(x_s: torch.Tensor, r_s: torch.Tensor, x_e: torch.Tensor, r_e: torch.Tensor) -> torch.Tensor:
-            n = torch.where(r_e == r_s, 1, r_e - r_s)
-            return torch.div((x_e - x_s) * 2 + n, 2 * n, rounding_mode="trunc")
+        # OpenCV's rounded dx of the edges a->b, a->c, b->c, c->b.
+        x_s, x_e = x.index_select(0, self._edge_from), x.index_select(0, self._edge_to)
+        n = r.index_select(0, self._edge_to) - r.index_select(0, self._edge_from)
+        n = torch.where(n == 0, 1, n)
+        slopes = torch.div((x_e - x_s) * 2 + n, 2 * n, rounding_mode="trunc")
 
-        x0, x1, x2 = xv.unbind(0)
-        x_min = (torch.minimum(torch.minimum(x0, x1), x2) + _SUBPIXEL_HALF) >> SUBPIXEL_BITS
-        x_max = (torch.maximum(torch.maximum(x0, x1), x2) + _SUBPIXEL_HALF) >> SUBPIXEL_BITS
-        r_max = torch.maximum(rb, rc)
+        x_min, x_max = torch.aminmax(xv, dim=0)
+        x_min = (x_min + _SUBPIXEL_HALF) >> SUBPIXEL_BITS
+        x_max = (x_max + _SUBPIXEL_HALF) >> SUBPIXEL_BITS
+        r_max = torch.maximum(r[1], r[2])
         off_image = (x_max < 0) | (r_max < 0) | (x_min >= size) | (ra >= size)
         low = ra.clamp(min=0)
-        counts = ((r_max - 1).clamp(max=size - 1) - low + 1).clamp(min=0)
-        counts = torch.where(off_image, 0, counts)
+        counts = torch.where(off_image, 0, (r_max.clamp(max=size) - low).clamp(min=0))
 
-        # Rows of the upper part (left edge a->b, right edge a->c) and of the lower part (one of
-        # b->c, c->b) as offsets from ra, rb and rc.
-        params = torch.stack(
+        # Rows ra .. max(rb, rc) - 1: the left chain runs on a->b above rb and on b->c from there,
+        # the right one on a->c above rc and on c->b from there; x = origin + (y - ra) * slope.
+        tri, starts, _ = _items(counts)
+        turn = r[1:] - ra
+        params = torch.cat(
             [
-                low - ra,
-                xa,
-                slope(xa, ra, xb, rb),
-                rb - ra,
-                xb - (rb - ra) * slope(xb, rb, xc, rc),
-                slope(xb, rb, xc, rc),
-                slope(xa, ra, xc, rc),
-                rc - ra,
-                xc - (rc - ra) * slope(xc, rc, xb, rb),
-                slope(xc, rc, xb, rb),
-                base + ra * side,
-                rank,
+                (low - ra - starts).unsqueeze(0),  # y - ra, less the row's place in the expansion
+                turn,
+                x[0].expand(2, -1),
+                slopes[0:2],
+                x[1:] - turn * slopes[2:4],
+                slopes[2:4],
+                (base + ra * side).unsqueeze(0),
+                rank.unsqueeze(0),
             ]
         )
-        tri, k, _ = _expand(counts)
-        p = params.index_select(1, tri)
-        dy = p[0] + k  # y - ra
-        left = torch.where(dy < p[3], p[1] + dy * p[2], p[4] + dy * p[5])
-        right = torch.where(dy < p[7], p[1] + dy * p[6], p[8] + dy * p[9])
+        # Gathered as rows (R, 13): on CPU much faster than along dim 1 or from a strided table.
+        p = params.T.contiguous().index_select(0, tri).T
+        dy = p[0] + torch.arange(tri.numel(), device=self.device)
+        upper = p[5:7] * dy
+        upper += p[3:5]
+        lower = p[9:11] * dy
+        lower += p[7:9]
+        left, right = torch.where(dy < p[1:3], upper, lower).unbind(0)
         x1 = (torch.minimum(left, right) + _HALF) >> XY_SHIFT
         x2 = (torch.maximum(left, right) + _HALF) >> XY_SHIFT
         drawn = (x2 >= 0) & (x1 < size)
         x1 = x1.clamp(min=0)
         widths = torch.where(drawn, x2.clamp(max=size - 1) - x1 + 1, 0)
 
-        ends = torch.cumsum(widths, 0)
-        starts = ends - widths
-        total = int(ends[-1]) if ends.numel() else 0
+        row, starts, total = _items(widths, itype)
         # Pixel t of the expansion lies at t - starts[row] + the row's first pixel.
-        index = torch.arange(total, device=self.device)
-        index += _spread(p[10] + dy * side + x1 - starts, starts, total)
-        return index, _spread(p[11], starts, total)
+        first_pixel = p[11] + dy * side
+        first_pixel += x1
+        index = torch.arange(total, dtype=itype, device=self.device)
+        index -= starts.to(itype).index_select(0, row)
+        index += first_pixel.to(itype).index_select(0, row)
+        return index.long(), p[12].to(itype).index_select(0, row)
 
     def _mouth_mask(self, pts: torch.Tensor) -> torch.Tensor:
         """(B, N, 3) -> (B, S, S) bool: ``cv2.fillPoly`` of the inner-lip ring, LINE_8, shift 4."""
