@@ -6,9 +6,9 @@ all of them: each session's newly arrived audio is fed, chunks whose deadline ha
 skipped (never queued: their frames' slots are gone) and counted, and the chunks left are ordered
 earliest deadline first (ties: the session served longest ago) and rendered together, at most
 ``max_batch`` of them, by :func:`realtime.stream.render_chunks` — one backend call per network for
-the whole batch, the per-frame work as batched tensors. Sessions beyond ``max_batch`` are in the
-next batch. A batch grows with the load by itself: the longer a batch takes, the more sessions
-are ready for the next one.
+the whole batch, the per-frame work as batched tensors. Sessions beyond ``max_batch`` stay
+waiting and go first in the next batch. A batch grows with the load by itself: the longer a
+batch takes, the more sessions are ready for the next one.
 
 A session's frames are the same whether it was batched with others or alone. When a batched call
 fails, its sessions are rendered again one by one, so a failure ends only the session that
@@ -67,6 +67,7 @@ class _Entry:
     future: asyncio.Future[list[StreamFrame]]
     frames: list[StreamFrame] = field(default_factory=list)
     due_s: float | None = None
+    chosen: bool = False
     error: BaseException | None = None
 
 
@@ -141,14 +142,20 @@ class RenderScheduler:
     ) -> None:
         self._busy = False
         failure = None if outcome.cancelled() else outcome.exception()
+        deferred: list[_Entry] = []
         for entry in entries:
             if entry.future.done():  # the session was closed meanwhile
                 continue
             error = entry.error or failure
             if error is not None:
                 entry.future.set_exception(error)
+            elif entry.due_s is not None and not entry.chosen:
+                # over max_batch: first in the next batch, its audio already fed
+                entry.pending, entry.end, entry.due_s = [], False, None
+                deferred.append(entry)
             else:
                 entry.future.set_result(entry.frames)
+        self._waiting = deferred + self._waiting
         if self._waiting:
             self._launch(loop)
 
@@ -167,6 +174,8 @@ class RenderScheduler:
         self.stats.deferred += len(due) - len(chosen)
         if not chosen:
             return
+        for entry in chosen:
+            entry.chosen = True
         clock = chosen[0].session.now
         started = clock()
         try:
