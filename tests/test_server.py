@@ -180,13 +180,15 @@ async def _offer_sdp(audio: bool = True, video: bool = True) -> str:
 
 
 async def test_bad_offers_get_clear_errors_while_a_call_goes_on(server: AvatarServer) -> None:
+    # the malformed offers are made before the call: making an offer (ICE gathering) runs on this
+    # test's own event loop, which also receives the good call's frames
+    video_only = await _offer_sdp(audio=False)
+    audio_only = await _offer_sdp(video=False)
     audio, _ = speech_with_pauses(5, [("speech", 6.0)], rate_hz=16_000)
     good = AvatarClient(server.url, ArrayAudioTrack(audio, 16_000))
     await good.connect()
     await asyncio.sleep(1.0)
     offer = f"{server.url}offer"
-    video_only = await _offer_sdp(audio=False)
-    audio_only = await _offer_sdp(video=False)
     cases: list[tuple[bytes | str, int, str]] = [
         (b"{not json", 400, "JSON"),
         (b"[1, 2]", 400, "object"),
