@@ -11,10 +11,11 @@ frame k and the streaming input of frame k are the same arrays.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
 import numpy.typing as npt
-import torch
 
 from engines.ai_mark import apply_ai_mark
 from engines.geometry.crop import CropBox, paste_back
@@ -22,8 +23,11 @@ from engines.geometry.face_model import FaceModel
 from engines.geometry.layouts import anchors_for
 from engines.geometry.masks import mouth_mask, paste_mask
 from engines.geometry.pose import HeadPose
-from engines.geometry.raster_torch import FaceShapeRasterizer
-from engines.torch_threads import one_cpu_thread
+
+if TYPE_CHECKING:
+    import torch
+
+    from engines.geometry.raster_torch import FaceShapeRasterizer
 
 FloatArray = npt.NDArray[np.float32]
 ImageRGB = npt.NDArray[np.uint8]
@@ -93,6 +97,9 @@ def crop_points(
 
 def rasterizer(face_model: FaceModel, size: int, device: torch.device | str = "cpu") -> FaceShapeRasterizer:
     """The face-shape rasteriser of an avatar's mesh at side ``size``."""
+    # torch is imported on first use, so commands that fail on their input answer in a blink.
+    from engines.geometry.raster_torch import FaceShapeRasterizer
+
     ring = tuple(anchors_for(face_model.layout).inner_lip_ring)
     return FaceShapeRasterizer(face_model.triangles, face_model.vertex_code, ring, size, device)
 
@@ -110,6 +117,10 @@ def face_shapes(
     Returns:
         (T, 4, S, S) float32 in [0, 1]: canonical code xyz and the inner-mouth mask.
     """
+    import torch
+
+    from engines.torch_threads import one_cpu_thread
+
     points = crop_points(face_model, box, size, pose, mouth_params, upper_params)
     with one_cpu_thread(torch.device("cpu")):
         shapes: FloatArray = rasterizer(face_model, size)(torch.from_numpy(points)).numpy()
