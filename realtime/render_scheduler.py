@@ -2,13 +2,18 @@
 
 Live sessions hand their work to the scheduler instead of queueing it on the worker thread one by
 one. While a batch runs, the sessions that become ready wait; when it ends, the next batch takes
-all of them: each session's newly arrived audio is fed, chunks whose deadline has passed are
-skipped (never queued: their frames' slots are gone) and counted, and the chunks left are ordered
-earliest deadline first (ties: the session served longest ago) and rendered together, at most
-``max_batch`` of them, by :func:`realtime.stream.render_chunks` — one backend call per network for
-the whole batch, the per-frame work as batched tensors. Sessions beyond ``max_batch`` stay
-waiting and go first in the next batch. A batch grows with the load by itself: the longer a
-batch takes, the more sessions are ready for the next one.
+all of them (it starts on the event loop's next turn, so the sessions just served that have
+another chunk ready join it): each session's newly arrived audio is fed, chunks whose deadline
+has passed are skipped (never queued: their frames' slots are gone) and counted, and the chunks
+left are rendered together, at most ``max_batch`` of them, by
+:func:`realtime.stream.render_chunks` — one backend call per network for the whole batch, the
+per-frame work as batched tensors. Which chunks: those that must go now or miss their slots
+first, the session served longest ago first, then earliest deadline first; a chunk that would be
+done too late to show is left out, and the batch stops growing where one more row would make
+another chunk in it late (:mod:`realtime.batch_cost` learns what a row costs: about nothing on
+a GPU, one session's share on a CPU). Chunks left out wait and go first in the next batch. A
+batch grows with the load by itself: the longer a batch takes, the more sessions are ready for
+the next one.
 
 A session's frames are the same whether it was batched with others or alone. When a batched call
 fails, its sessions are rendered again one by one, so a failure ends only the session that
@@ -22,11 +27,12 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from realtime.batch_cost import BatchCost
 from realtime.stream import AvatarStream, StreamFrame, render_chunks
 
 logger = logging.getLogger(__name__)
@@ -35,19 +41,29 @@ ESTIMATE_WEIGHT = 0.2
 Samples = list[npt.NDArray[np.float32]]
 
 
+class DueChunk(NamedTuple):
+    """What a session has for the next batch.
+
+    Attributes:
+        skipped: frames of the chunks skipped as too late (not rendered).
+        due_s: clock time the first frame of the chunk to render now is due (None: nothing to
+            render now).
+        deadline_s: clock time its last frame is due: rendered later, the chunk is useless.
+        stream: the stream to render it from (held by the batch even if the session closes).
+    """
+
+    skipped: list[StreamFrame]
+    due_s: float | None
+    deadline_s: float | None
+    stream: AvatarStream
+
+
 class ScheduledSession(Protocol):
     """What the scheduler needs of a session (``realtime.session.StreamingSession``); every method
     runs on the worker thread."""
 
-    def due_chunk(
-        self, pending: Samples, end: bool, compute_s: float
-    ) -> tuple[list[StreamFrame], float | None]:
-        """Feed the audio, skip the chunks that are too late (given a batch takes ``compute_s``);
-        the skipped frames and the due time (clock seconds) of the chunk to render now, or None."""
-        ...
-
-    def stream(self) -> AvatarStream:
-        """The session's stream (exists once ``due_chunk`` ran)."""
+    def due_chunk(self, pending: Samples, end: bool, compute_s: float) -> DueChunk:
+        """Feed the audio, skip the chunks that are too late (given a batch takes ``compute_s``)."""
         ...
 
     def rendered(self, due_s: float) -> None:
@@ -67,8 +83,15 @@ class _Entry:
     future: asyncio.Future[list[StreamFrame]]
     frames: list[StreamFrame] = field(default_factory=list)
     due_s: float | None = None
+    deadline_s: float | None = None
+    stream: AvatarStream | None = None
     chosen: bool = False
     error: BaseException | None = None
+
+
+def _deadline(entry: _Entry) -> float:
+    assert entry.deadline_s is not None
+    return entry.deadline_s
 
 
 @dataclass
@@ -79,7 +102,8 @@ class SchedulerStats:
         batches: batched renderer calls.
         chunks_rendered: chunks rendered (the sum of the batch sizes).
         batch_sizes: how many batches had each size.
-        deferred: chunks ready but left for the next batch (over ``max_batch``).
+        deferred: chunks ready but left for the next batch (over ``max_batch``, too late to
+            show, or one row too many for the others' deadlines).
         compute_s: running estimate of one batch's compute time.
     """
 
@@ -102,6 +126,7 @@ class RenderScheduler:
         self._executor = executor
         self.max_batch = max_batch
         self.stats = SchedulerStats()
+        self.cost = BatchCost()
         self._waiting: list[_Entry] = []
         self._busy = False
         self._loop: asyncio.AbstractEventLoop | None = None  # where the batch in flight delivers
@@ -123,17 +148,62 @@ class RenderScheduler:
             self._busy, self._waiting = False, []
         entry = _Entry(session, pending, end, loop.create_future())
         self._waiting.append(entry)
-        if not self._busy:
-            self._launch(loop)
+        self._launch_soon(loop)
         return await entry.future
 
     def forget(self, session: ScheduledSession) -> None:
         """Drop a closed session's fairness record."""
         self._served.pop(id(session), None)
 
+    def _order(self, due: list[_Entry], now: float) -> None:
+        """Sort ``due`` into the order the batch takes them: first the chunks that miss their
+        slots unless rendered now, the session served longest ago first (under overload someone
+        must skip: this makes it take turns), then the chunks that could wait, earliest deadline
+        first."""
+        one_batch = self.cost.predict(1)
+
+        def key(entry: _Entry) -> tuple[bool, int, float]:
+            urgent = _deadline(entry) < now + 2 * one_batch
+            served = self._served.get(id(entry.session), -1)
+            return (not urgent, served if urgent else 0, _deadline(entry))
+
+        due.sort(key=key)
+
+    def _fill(self, due: list[_Entry], now: float) -> list[_Entry]:
+        """The chunks of this batch, from ``due`` in its order: a chunk that would be
+        done after its last frame's slot is left out (rendering it would show nothing), and the
+        batch stops growing where one more row would make a chunk in it late that would be on
+        time without it. At least one chunk, so the cost estimate keeps learning."""
+        chosen: list[_Entry] = []
+        for entry in due:
+            if len(chosen) == self.max_batch:
+                break
+            finish = now + self.cost.predict(len(chosen) + 1)
+            if finish > _deadline(entry):
+                continue
+            on_time = now + self.cost.predict(len(chosen))
+            if any(on_time <= _deadline(kept) < finish for kept in chosen):
+                break
+            chosen.append(entry)
+        return chosen or [max(due, key=_deadline)]
+
+    def _launch_soon(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the next batch on the loop's next turn, unless one is running or about to start.
+
+        Not at once: the sessions a batch just served resume on that turn, and those with another
+        chunk ready join this batch. Launched at once, a batch would hold only the sessions that
+        waited, the served ones the next, and two sessions would alternate in batches of one.
+        """
+        if self._busy:
+            return
+        self._busy, self._loop = True, loop
+        loop.call_soon(self._launch, loop)
+
     def _launch(self, loop: asyncio.AbstractEventLoop) -> None:
         entries, self._waiting = self._waiting, []
-        self._busy, self._loop = True, loop
+        if not entries:
+            self._busy = False
+            return
         done = loop.run_in_executor(self._executor(), self._batch, entries)
         done.add_done_callback(lambda outcome: self._deliver(loop, entries, outcome))
 
@@ -157,35 +227,37 @@ class RenderScheduler:
                 entry.future.set_result(entry.frames)
         self._waiting = deferred + self._waiting
         if self._waiting:
-            self._launch(loop)
+            self._launch_soon(loop)
 
     def _batch(self, entries: list[_Entry]) -> None:
         """On the worker: prepare every waiting session, render the chosen chunks as one batch."""
         for entry in entries:
             try:
-                entry.frames, entry.due_s = entry.session.due_chunk(
+                entry.frames, entry.due_s, entry.deadline_s, entry.stream = entry.session.due_chunk(
                     entry.pending, entry.end, self.stats.compute_s
                 )
             except Exception as exc:
                 entry.error = exc
         due = [entry for entry in entries if entry.due_s is not None and entry.error is None]
-        due.sort(key=lambda entry: (entry.due_s or 0.0, self._served.get(id(entry.session), -1)))
-        chosen = due[: self.max_batch]
-        self.stats.deferred += len(due) - len(chosen)
-        if not chosen:
+        if not due:
             return
+        clock = due[0].session.now
+        started = clock()
+        self._order(due, started)
+        chosen = self._fill(due, started)
+        self.stats.deferred += len(due) - len(chosen)
         for entry in chosen:
             entry.chosen = True
-        clock = chosen[0].session.now
-        started = clock()
+        streams = [entry.stream for entry in chosen if entry.stream is not None]
+        assert len(streams) == len(chosen), "a due chunk comes with its stream"
         try:
-            results = render_chunks([entry.session.stream() for entry in chosen], [True] * len(chosen))
+            results = render_chunks(streams, [True] * len(chosen))
         except Exception:
             logger.exception("a batch of %d chunks failed; rendering them one by one", len(chosen))
             results = []
-            for entry in chosen:
+            for stream, entry in zip(streams, chosen, strict=True):
                 try:
-                    results.append(entry.session.stream().render_chunk())
+                    results.append(stream.render_chunk())
                 except Exception as exc:
                     entry.error = exc
                     results.append([])
@@ -193,6 +265,7 @@ class RenderScheduler:
         stats = self.stats
         weight = ESTIMATE_WEIGHT if stats.batches else 1.0
         stats.compute_s += weight * (elapsed - stats.compute_s)
+        self.cost.observe(len(chosen), elapsed)
         stats.batches += 1
         stats.chunks_rendered += len(chosen)
         stats.batch_sizes[len(chosen)] = stats.batch_sizes.get(len(chosen), 0) + 1

@@ -39,6 +39,7 @@ from engines.timebase import FRAME_MS, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
 from realtime.audio_input import AudioInput
 from realtime.engine import AvatarEngine
 from realtime.memory import release_freed_memory
+from realtime.render_scheduler import DueChunk
 from realtime.settings import StreamSettings
 from realtime.stream import AvatarStream, StreamFrame
 
@@ -278,13 +279,10 @@ class StreamingSession:
 
     # The scheduler's side (``realtime.render_scheduler.ScheduledSession``), on the worker thread.
 
-    def due_chunk(
-        self, pending: list[FloatArray], end: bool, compute_s: float
-    ) -> tuple[list[StreamFrame], float | None]:
+    def due_chunk(self, pending: list[FloatArray], end: bool, compute_s: float) -> DueChunk:
         """Feed the audio; skip every ready chunk that cannot be shown in time (its last frame's
-        slot has passed, or it would finish late while a newer chunk is waiting). Returns the
-        skipped chunks' frames and the due time of the chunk to render now (None: nothing due,
-        or the next chunk is more than ``RENDER_AHEAD_MS`` ahead)."""
+        slot has passed, or it would finish late while a newer chunk is waiting). Nothing is due
+        when no chunk is ready or the next one is more than ``RENDER_AHEAD_MS`` ahead."""
         stream = self._feed(pending, end)
         out: list[StreamFrame] = []
         while stream.chunk_ready():
@@ -299,13 +297,9 @@ class StreamingSession:
                 self.stats.deadlines_missed += int(passed)
                 continue
             if self.due_time(first) > now + RENDER_AHEAD_MS / 1000 and out:
-                return out, None
-            return out, self.due_time(first)
-        return out, None
-
-    def stream(self) -> AvatarStream:
-        assert self._stream is not None, "due_chunk makes the stream"
-        return self._stream
+                return DueChunk(out, None, None, stream)
+            return DueChunk(out, self.due_time(first), self.due_time(last), stream)
+        return DueChunk(out, None, None, stream)
 
     def rendered(self, due_s: float) -> None:
         self.stats.render_slack_ms.append(1000 * (due_s - self.clock()))

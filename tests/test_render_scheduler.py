@@ -4,8 +4,12 @@ first, fairly, skipping what is too late — and a session's frames do not depen
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -272,3 +276,55 @@ def test_a_batch_cut_off_by_its_closing_event_loop_does_not_stall_the_next_loop(
     [(session, frames, times)] = _live_sessions(engine, clock, [audio])
     _assert_paced(session, frames, times)
     assert session.stats.frames_rendered > 0.9 * len(frames), session.stats.snapshot()
+
+
+class _PausingBackend:
+    """A real backend whose first call with two sessions waits (on the worker) until released."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.name, self.shape = inner.name, inner.shape
+        self.in_batch, self.release = threading.Event(), threading.Event()
+
+
+    def run(self, chunk: ChunkInput) -> ChunkOutput:
+        if int(chunk.eroded.shape[0]) == 2 and not self.in_batch.is_set():
+            self.in_batch.set()
+            self.release.wait(10.0)
+        return self.inner.run(chunk)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_a_session_closed_while_its_chunk_is_in_a_batch_leaves_the_batch_whole(
+    bundle: AvatarBundle, backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A caller hangs up while the worker renders its chunk with another's: the batch finishes for
+    both (the closed session's stream is held by the batch), nothing fails, the other goes on."""
+    pausing = _PausingBackend(backend)
+    engine = AvatarEngine(bundle, pausing, SETTINGS)
+    try:
+        leaving, staying = (StreamingSession(engine, paced=True) for _ in range(2))
+        audio = speech_bursts([0.2, 0.9], 1.6, seed=3)
+
+        async def run(session: StreamingSession) -> list[OutputFrame]:
+            await session.push_audio(audio, SR)  # all at once: chunks always ready, due in turn
+            session.end_input()
+            return [frame async for frame in session.frames()]
+
+        stay = asyncio.create_task(run(staying))
+        leave = asyncio.create_task(run(leaving))
+        met = await asyncio.to_thread(pausing.in_batch.wait, 10.0)
+        assert met, ("the two sessions met in one batch", engine.scheduler.stats)
+        await leaving.close()
+        pausing.release.set()
+        frames = await stay
+        leave.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await leave
+    finally:
+        pausing.release.set()
+        engine.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert staying.stats.frames_rendered > 0.8 * len(frames), staying.stats.snapshot()
