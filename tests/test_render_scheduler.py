@@ -20,6 +20,7 @@ from engines.backends import StreamShape, load_backend
 from engines.backends.base import Backend, ChunkInput, ChunkOutput
 from engines.bundle import DEFAULT_AVATAR_DIR, AvatarBundle
 from engines.timebase import SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
+from realtime.batch_cost import BatchCost
 from realtime.engine import AvatarEngine
 from realtime.session import OutputFrame, StreamingSession
 from realtime.stream import AvatarStream, StreamFrame, render_chunks
@@ -328,3 +329,18 @@ async def test_a_session_closed_while_its_chunk_is_in_a_batch_leaves_the_batch_w
         engine.close()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
     assert staying.stats.frames_rendered > 0.8 * len(frames), staying.stats.snapshot()
+
+
+def test_the_batch_cost_learns_what_a_row_adds() -> None:
+    """A CPU (each row its own share) and a GPU (a batch costs what one chunk does)."""
+    cpu, gpu = BatchCost(), BatchCost()
+    assert cpu.predict(4) == 0.0  # nothing seen: no estimate
+    for rows in [1, 3, 2, 4, 1, 2, 3] * 4:
+        cpu.observe(rows, 0.005 + 0.04 * rows)
+        gpu.observe(rows, 0.012)
+    assert cpu.per_row_s == pytest.approx(0.04) and cpu.fixed_s == pytest.approx(0.005)
+    assert gpu.per_row_s == pytest.approx(0.0, abs=1e-9) and gpu.predict(8) == pytest.approx(0.012)
+    one_size = BatchCost()
+    for _ in range(5):
+        one_size.observe(2, 0.05)
+    assert one_size.per_row_s == 0.0 and one_size.predict(6) == pytest.approx(0.05)  # until sizes vary
