@@ -1,19 +1,18 @@
 """One scheduler per loaded avatar: the due chunks of all its live sessions, one batched call.
 
-Live sessions hand their work to the scheduler instead of queueing it on the worker thread one by
-one. While a batch runs, the sessions that become ready wait; when it ends, the next batch takes
-all of them (it starts on the event loop's next turn, so the sessions just served that have
-another chunk ready join it): each session's newly arrived audio is fed, chunks whose deadline
-has passed are skipped (never queued: their frames' slots are gone) and counted, and the chunks
-left are rendered together, at most ``max_batch`` of them, by
+Live sessions hand their work to the scheduler instead of queueing it on the worker thread one
+by one. While a batch runs, the sessions that become ready wait; when it ends, the next batch
+takes all of them (it starts on the event loop's next turn, so the sessions just served that
+have another chunk ready join it): each session's newly arrived audio is fed, chunks whose
+deadline has passed are skipped (never queued: their frames' slots are gone) and counted, and
+the chunks left are rendered together, at most ``max_batch`` of them, by
 :func:`realtime.stream.render_chunks` — one backend call per network for the whole batch, the
-per-frame work as batched tensors. Which chunks: those that must go now or miss their slots
-first, the session served longest ago first, then earliest deadline first; a chunk that would be
-done too late to show is left out, and the batch stops growing where one more row would make
-another chunk in it late (:mod:`realtime.batch_cost` learns what a row costs: about nothing on
-a GPU, one session's share on a CPU). Chunks left out wait and go first in the next batch. A
-batch grows with the load by itself: the longer a batch takes, the more sessions are ready for
-the next one.
+per-frame work as batched tensors. Which chunks: the session served longest ago first (under
+overload the skips take turns), then earliest deadline first; the batch stops growing where one
+more row would make another chunk in it late (:mod:`realtime.batch_cost` learns what a row
+costs: about nothing on a GPU, one session's share on a CPU). Chunks left out wait and go first
+in the next batch. A batch grows with the load by itself: the longer a batch takes, the more
+sessions are ready for the next one.
 
 A session's frames are the same whether it was batched with others or alone. When a batched call
 fails, its sessions are rendered again one by one, so a failure ends only the session that
@@ -102,8 +101,8 @@ class SchedulerStats:
         batches: batched renderer calls.
         chunks_rendered: chunks rendered (the sum of the batch sizes).
         batch_sizes: how many batches had each size.
-        deferred: chunks ready but left for the next batch (over ``max_batch``, too late to
-            show, or one row too many for the others' deadlines).
+        deferred: chunks ready but left for the next batch (over ``max_batch``, or one row too
+            many for the others' deadlines).
         compute_s: running estimate of one batch's compute time.
     """
 
@@ -155,37 +154,25 @@ class RenderScheduler:
         """Drop a closed session's fairness record."""
         self._served.pop(id(session), None)
 
-    def _order(self, due: list[_Entry], now: float) -> None:
-        """Sort ``due`` into the order the batch takes them: first the chunks that miss their
-        slots unless rendered now, the session served longest ago first (under overload someone
-        must skip: this makes it take turns), then the chunks that could wait, earliest deadline
-        first."""
-        one_batch = self.cost.predict(1)
-
-        def key(entry: _Entry) -> tuple[bool, int, float]:
-            urgent = _deadline(entry) < now + 2 * one_batch
-            served = self._served.get(id(entry.session), -1)
-            return (not urgent, served if urgent else 0, _deadline(entry))
-
-        due.sort(key=key)
+    def _order(self, due: list[_Entry]) -> None:
+        """Sort ``due`` into the order the batch takes them: the session served longest ago first
+        (under overload someone must skip: this makes them take turns), then earliest deadline."""
+        due.sort(key=lambda entry: (self._served.get(id(entry.session), -1), _deadline(entry)))
 
     def _fill(self, due: list[_Entry], now: float) -> list[_Entry]:
-        """The chunks of this batch, from ``due`` in its order: a chunk that would be
-        done after its last frame's slot is left out (rendering it would show nothing), and the
-        batch stops growing where one more row would make a chunk in it late that would be on
-        time without it. At least one chunk, so the cost estimate keeps learning."""
+        """The chunks of this batch, from ``due`` in its order: the batch stops growing where one
+        more row would make a chunk in it late that would be on time without it. (A chunk that
+        will be late is still rendered: shown a slot late, it beats repeating an older image.)"""
         chosen: list[_Entry] = []
         for entry in due:
             if len(chosen) == self.max_batch:
                 break
             finish = now + self.cost.predict(len(chosen) + 1)
-            if finish > _deadline(entry):
-                continue
             on_time = now + self.cost.predict(len(chosen))
             if any(on_time <= _deadline(kept) < finish for kept in chosen):
                 break
             chosen.append(entry)
-        return chosen or [max(due, key=_deadline)]
+        return chosen
 
     def _launch_soon(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the next batch on the loop's next turn, unless one is running or about to start.
@@ -243,7 +230,7 @@ class RenderScheduler:
             return
         clock = due[0].session.now
         started = clock()
-        self._order(due, started)
+        self._order(due)
         chosen = self._fill(due, started)
         self.stats.deferred += len(due) - len(chosen)
         for entry in chosen:

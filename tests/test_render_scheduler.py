@@ -1,5 +1,5 @@
-"""The render scheduler: live sessions of one avatar rendered as one batch, earliest deadline
-first, fairly, skipping what is too late — and a session's frames do not depend on its batch."""
+"""The render scheduler: live sessions of one avatar rendered as one batch, taking turns under
+overload, skipping what is too late — and a session's frames do not depend on its batch."""
 
 from __future__ import annotations
 
@@ -242,8 +242,8 @@ def test_more_sessions_than_max_batch_wait_for_the_next_batch(
     bundle: AvatarBundle, tiny_avatar: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Virtual time: max_batch 2 and five sessions fed ahead (always a chunk ready): while one batch
-    runs, three sessions wait; calls never exceed two rows, the third waits again (counted, earliest
-    deadline first) and every session still gets every chunk."""
+    runs, three sessions wait; calls never exceed two rows, the third waits again (counted; served
+    longest ago first) and every session still gets every chunk."""
     small = load_backend(bundle, "onnxruntime-cpu", StreamShape.for_config(bundle.config, 2, max_batch=2))
     try:
         engine, clock, costly = _engine(bundle, small, monkeypatch, 10.0)
