@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each session-count step")
     parser.add_argument("--saturated-frames", type=int, default=200, help="frames timed per batch size")
     parser.add_argument(
-        "--quick", action="store_true", help="the first preset, one chunk size, up to 2 sessions, 2 s"
+        "--quick", action="store_true", help="the first preset, one chunk size, up to 2 sessions, 1.2 s"
     )
     common.add_output_arguments(parser)
     args = parser.parse_args(argv)
@@ -443,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.presets is not None:
             args.presets = args.presets[:1]
         args.chunks = args.chunks[:1] if args.chunks else None
-        args.max_sessions, args.seconds, args.saturated_frames = min(args.max_sessions, 2), 2.0, 10
+        args.max_sessions, args.seconds, args.saturated_frames = min(args.max_sessions, 2), 1.2, 10
     device = "cuda" if "cuda" in args.backend or args.backend == "tensorrt" else "cpu"
     if args.quick and args.presets is None and args.avatar is None:
         args.presets = [DEFAULT_PRESETS[0]]

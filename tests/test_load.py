@@ -33,7 +33,7 @@ pytestmark = pytest.mark.realtime
 CALLS_PER_PROCESS = 2
 # Past the 30 s at which a caller starved of CPU loses its call (missed ICE consent checks).
 CALL_S = 34.0
-WARM_S = 3.0
+WARM_S = 1.5
 # RSS is read once the calls are in steady state and again near their end: it must not grow with time.
 STEADY_S = 10.0
 
