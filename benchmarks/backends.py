@@ -79,10 +79,13 @@ def time_calls(backend: Backend, iterations: int, warmup: int) -> dict[str, Any]
         "audio2expression": lambda: backend.expressions(audio),
         "smoothing": lambda: backend.smoothing_weights(mouth),
     }
+    on_gpu = backend.device.type == "cuda"
     for step in range(warmup + iterations):
         for key, call in calls.items():
             start = time.perf_counter()
-            call()  # every backend returns host arrays, so the call has finished when it returns
+            call()
+            if on_gpu:  # GPU backends return device tensors: the work may still be queued
+                torch.cuda.synchronize(backend.device)
             if step >= warmup:
                 timings[key].append(1000 * (time.perf_counter() - start))
     totals = [sum(values) for values in zip(*timings.values(), strict=True)]
