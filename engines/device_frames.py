@@ -86,12 +86,21 @@ class DeviceFrames:
 
     def eroded(self, reference_indices: IndexArray) -> torch.Tensor:
         """(N, 3, S, S) float32 eroded reference crops in [-1, 1] on the device."""
+        indices = self._indices(reference_indices)
         with one_cpu_thread(self.device):
-            return self.images.eroded(torch.as_tensor(reference_indices, device=self.device))
+            return self.images.eroded(indices)
 
     def paste(self, reference_indices: IndexArray, rendered: torch.Tensor, ai_mark: bool) -> torch.Tensor:
         """(N, H, W, 3) uint8 full frames on the device: rendered crops (N, 3, S, S) in [-1, 1]
         pasted into their reference frames, with the "AI-generated" mark when ``ai_mark``."""
-        indices = torch.as_tensor(reference_indices, device=self.device)
+        indices = self._indices(reference_indices)
         with one_cpu_thread(self.device):
             return self.images.paste(indices, rendered.to(self.device, torch.float32), ai_mark)
+
+    def _indices(self, reference_indices: IndexArray) -> torch.Tensor:
+        """The indices on the device, checked on the host first: out of range on a GPU, they
+        would trip a device-side assert that breaks the CUDA context for every session."""
+        indices = np.asarray(reference_indices)
+        if indices.size and (indices.min() < 0 or indices.max() >= self.images.frames):
+            raise IndexError(f"reference frame index out of 0..{self.images.frames - 1}")
+        return torch.as_tensor(indices, device=self.device)

@@ -392,6 +392,13 @@ def render_chunks(streams: Sequence[AvatarStream], render: Sequence[bool]) -> li
         return _render_chunks(streams, render)
 
 
+def _settle(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a stage's time is its own (a GPU returns before
+    the work is done; without this the renderer's time would show up under paste)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _render_chunks(streams: Sequence[AvatarStream], render: Sequence[bool]) -> list[list[StreamFrame]]:
     first = streams[0]
     backend, device_frames = first.backend, first.device_frames
@@ -425,6 +432,7 @@ def _render_chunks(streams: Sequence[AvatarStream], render: Sequence[bool]) -> l
         references = np.array([r for job in rendering for r in job.references], np.int64)
         eroded = device_frames.eroded(references)
         count = first.chunk
+        _settle(device_frames.device)
         timings["raster"] = time.perf_counter() - started
         started = time.perf_counter()
         audio = np.stack(
@@ -444,6 +452,7 @@ def _render_chunks(streams: Sequence[AvatarStream], render: Sequence[bool]) -> l
         # the backend's own buffers: used (and the features copied) before its next call
         crops = torch.as_tensor(result.frames, device=device_frames.device)
         features = torch.as_tensor(result.features)
+        _settle(device_frames.device)
         timings["renderer"] = time.perf_counter() - started
         started = time.perf_counter()
         images = _paste(device_frames, rendering, references, crops.flatten(0, 1))

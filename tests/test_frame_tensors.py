@@ -189,3 +189,17 @@ def test_preload_and_bad_inputs() -> None:
         frames.eroded(torch.tensor([[0]]))
     with pytest.raises(ValueError):
         FrameTensors.from_arrays(crops, full, masks, CropBox(10.0, 20.0, 50.0), warp="dense")  # type: ignore[arg-type]
+
+
+def test_device_frames_check_indices_on_the_host() -> None:
+    """Out-of-range reference indices are an IndexError before they reach the device (on a GPU they
+    would be a device-side assert that breaks the CUDA context for every session)."""
+    from engines.device_frames import DeviceFrames
+
+    frames = DeviceFrames(AvatarBundle.load(DEFAULT_AVATAR_DIR), "cpu")
+    count = frames.images.frames
+    assert frames.eroded(np.array([0, count - 1])).shape[0] == 2
+    with pytest.raises(IndexError, match=f"0..{count - 1}"):
+        frames.eroded(np.array([0, count]))
+    with pytest.raises(IndexError):
+        frames.paste(np.array([-1]), torch.zeros(1, 3, frames.size, frames.size), ai_mark=False)

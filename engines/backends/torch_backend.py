@@ -251,6 +251,11 @@ class TorchBackend(BackendBase):
         self._staged: torch.cuda.Event | None = None
         if on_cuda:
             torch.backends.cudnn.benchmark = True  # process-wide; the shapes are few and fixed
+            if precision == "fp32":
+                # fp32 means IEEE fp32: cuDNN's default rounds convolution inputs to TF32 (10-bit
+                # mantissa), which would break the 1e-3 parity with the CPU. Process-wide.
+                torch.backends.cudnn.conv.fp32_precision = "ieee"  # type: ignore[attr-defined]
+                torch.backends.cuda.matmul.fp32_precision = "ieee"
             self.stream = torch.cuda.Stream(device=self.device)  # type: ignore[no-untyped-call]
             self._staged = torch.cuda.Event()  # type: ignore[no-untyped-call]
         self._pinned_inputs: dict[tuple[str, str], Tensor] = {}
@@ -374,7 +379,7 @@ class TorchBackend(BackendBase):
         with self._on_stream():
             host.copy_(tensor, non_blocking=True)
         self.stream.synchronize()
-        result: FloatArray = host.numpy()
+        result: FloatArray = host.numpy().copy()  # the pinned buffer is reused by the next call
         return result
 
     def expressions(self, audio: FloatArray) -> FloatArray:
@@ -407,6 +412,9 @@ class TorchBackend(BackendBase):
             "padded_batches": self.padded,
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
+            "cuda_fp32_convolutions": torch.backends.cudnn.conv.fp32_precision  # type: ignore[attr-defined]
+            if self.device.type == "cuda"
+            else None,
             "shape": self.shape.to_dict(),
         }
 
