@@ -401,9 +401,8 @@ def open_engine(ctx: Context, preset: str, max_batch: int) -> AvatarEngine:
     from realtime.engine import AvatarEngine
 
     loaded = ctx.loaded(preset)
-    engine = AvatarEngine(loaded.bundle, make_backend(ctx.plan, loaded.bundle, max_batch))
-    engine.device_frames = loaded.device_frames
-    return engine
+    backend = make_backend(ctx.plan, loaded.bundle, max_batch)
+    return AvatarEngine(loaded.bundle, backend, device_frames=loaded.device_frames)
 
 
 def synchronize(device: torch.device) -> None:
@@ -574,8 +573,8 @@ def _stream_parity(ctx: Context, budget: Budget) -> list[dict[str, Any]]:
         if not budget.allows(cpu_s):
             budget.leave_out(f"stream parity {precision}{' graphs' if graphs else ''}")
             continue
-        engine = AvatarEngine(bundle, make_backend(plan, bundle, 1, (precision, graphs)))
-        engine.device_frames = loaded.device_frames
+        backend = make_backend(plan, bundle, 1, (precision, graphs))
+        engine = AvatarEngine(bundle, backend, device_frames=loaded.device_frames)
         try:
             frames = _stream_images(engine, audio)
         finally:

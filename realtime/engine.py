@@ -53,19 +53,25 @@ class AvatarEngine:
         bundle: the avatar.
         backend: a backend loaded for this avatar's networks.
         settings: default stream settings of its sessions.
+        device_frames: the avatar's per-frame tensors on the backend's device, to share between
+            engines of one avatar (default: made here; on a GPU that uploads every reference frame).
 
     While it is open, numpy's BLAS runs on one thread in this process (see ``_single_threaded_blas``);
     ``close`` restores the previous limits once no other engine is open.
     """
 
     def __init__(
-        self, bundle: AvatarBundle, backend: Backend, settings: StreamSettings | None = None
+        self,
+        bundle: AvatarBundle,
+        backend: Backend,
+        settings: StreamSettings | None = None,
+        device_frames: DeviceFrames | None = None,
     ) -> None:
         self.bundle = bundle
         self.backend = backend
         self.settings = settings or StreamSettings()
         self.frames = AvatarFrames(bundle)
-        self.device_frames = DeviceFrames(bundle, backend.device)
+        self.device_frames = device_frames or DeviceFrames(bundle, backend.device)
         self.executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"stableface-{bundle.manifest.name}"
         )
