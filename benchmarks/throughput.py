@@ -151,6 +151,8 @@ async def run_sessions(engine: AvatarEngine, count: int, seconds: float) -> dict
     scheduler = engine.scheduler.stats
     batches, chunks, deferred = scheduler.batches, scheduler.chunks_rendered, scheduler.deferred
     results = await asyncio.gather(*(_one_session(engine, 100 + i, seconds) for i in range(count)))
+    # The counters change on the worker: read them once the batch in flight (if any) has ended.
+    await asyncio.get_running_loop().run_in_executor(engine.executor, lambda: None)
     lateness = np.concatenate([np.asarray(r["lateness_ms"], float) for r in results])
     finite = np.where(np.isfinite(lateness), lateness, 1e6)
     stats = [r["stats"] for r in results]
@@ -187,8 +189,6 @@ async def sweep(engine: AvatarEngine, max_sessions: int, seconds: float) -> list
     steps = []
     for count in range(1, max_sessions + 1):
         step = await run_sessions(engine, count, seconds)
-        # the last batch of the step ends before the next step counts batches
-        await asyncio.get_running_loop().run_in_executor(engine.executor, lambda: None)
         await asyncio.sleep(0.1)
         steps.append(step)
         lateness = step["frame_lateness_ms"]

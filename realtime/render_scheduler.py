@@ -88,6 +88,12 @@ class _Entry:
     error: BaseException | None = None
 
 
+class _Batch(NamedTuple):
+    rows: int
+    elapsed_s: float
+    deferred: int  # due chunks left for the next batch
+
+
 def _deadline(entry: _Entry) -> float:
     assert entry.deadline_s is not None
     return entry.deadline_s
@@ -95,7 +101,8 @@ def _deadline(entry: _Entry) -> float:
 
 @dataclass
 class SchedulerStats:
-    """Counters of one scheduler.
+    """Counters of one scheduler, updated on the event loop when a batch is delivered (readers on
+    the loop see each batch's counters change together).
 
     Attributes:
         batches: batched renderer calls.
@@ -130,6 +137,7 @@ class RenderScheduler:
         self._busy = False
         self._loop: asyncio.AbstractEventLoop | None = None  # where the batch in flight delivers
         self._served: dict[int, int] = {}  # id(session) -> number of the batch that last served it
+        self._batch_number = 0  # batches started (on the worker)
 
     async def render(self, session: ScheduledSession, pending: Samples, end: bool) -> list[StreamFrame]:
         """Feed ``pending`` audio to the session and render its due chunk in the next batch.
@@ -195,10 +203,13 @@ class RenderScheduler:
         done.add_done_callback(lambda outcome: self._deliver(loop, entries, outcome))
 
     def _deliver(
-        self, loop: asyncio.AbstractEventLoop, entries: list[_Entry], outcome: asyncio.Future[None]
+        self, loop: asyncio.AbstractEventLoop, entries: list[_Entry], outcome: asyncio.Future[_Batch | None]
     ) -> None:
         self._busy = False
         failure = None if outcome.cancelled() else outcome.exception()
+        batch = None if failure is not None or outcome.cancelled() else outcome.result()
+        if batch is not None:
+            self._record(batch)
         deferred: list[_Entry] = []
         for entry in entries:
             if entry.future.done():  # the session was closed meanwhile
@@ -216,8 +227,23 @@ class RenderScheduler:
         if self._waiting:
             self._launch_soon(loop)
 
-    def _batch(self, entries: list[_Entry]) -> None:
-        """On the worker: prepare every waiting session, render the chosen chunks as one batch."""
+    def _record(self, batch: _Batch) -> None:
+        """Count a batch and learn its cost (on the loop, before the next batch starts)."""
+        stats, rows = self.stats, batch.rows
+        weight = ESTIMATE_WEIGHT if stats.batches else 1.0
+        stats.compute_s += weight * (batch.elapsed_s - stats.compute_s)
+        self.cost.observe(rows, batch.elapsed_s)
+        stats.batches += 1
+        stats.chunks_rendered += rows
+        stats.batch_sizes[rows] = stats.batch_sizes.get(rows, 0) + 1
+        stats.deferred += batch.deferred
+
+    def _batch(self, entries: list[_Entry]) -> _Batch | None:
+        """On the worker: prepare every waiting session, render the chosen chunks as one batch.
+
+        Returns:
+            What the batch did (None: nothing was due).
+        """
         for entry in entries:
             try:
                 entry.frames, entry.due_s, entry.deadline_s, entry.stream = entry.session.due_chunk(
@@ -227,12 +253,11 @@ class RenderScheduler:
                 entry.error = exc
         due = [entry for entry in entries if entry.due_s is not None and entry.error is None]
         if not due:
-            return
+            return None
         clock = due[0].session.now
         started = clock()
         self._order(due)
         chosen = self._fill(due, started)
-        self.stats.deferred += len(due) - len(chosen)
         for entry in chosen:
             entry.chosen = True
         streams = [entry.stream for entry in chosen if entry.stream is not None]
@@ -249,17 +274,12 @@ class RenderScheduler:
                     entry.error = exc
                     results.append([])
         elapsed = clock() - started
-        stats = self.stats
-        weight = ESTIMATE_WEIGHT if stats.batches else 1.0
-        stats.compute_s += weight * (elapsed - stats.compute_s)
-        self.cost.observe(len(chosen), elapsed)
-        stats.batches += 1
-        stats.chunks_rendered += len(chosen)
-        stats.batch_sizes[len(chosen)] = stats.batch_sizes.get(len(chosen), 0) + 1
+        self._batch_number += 1
         for entry, frames in zip(chosen, results, strict=True):
             if entry.error is not None:
                 continue
             assert entry.due_s is not None
             entry.frames += frames
-            self._served[id(entry.session)] = stats.batches
+            self._served[id(entry.session)] = self._batch_number
             entry.session.rendered(entry.due_s)
+        return _Batch(len(chosen), elapsed, len(due) - len(chosen))

@@ -287,7 +287,6 @@ class _PausingBackend:
         self.name, self.shape = inner.name, inner.shape
         self.in_batch, self.release = threading.Event(), threading.Event()
 
-
     def run(self, chunk: ChunkInput) -> ChunkOutput:
         if int(chunk.eroded.shape[0]) == 2 and not self.in_batch.is_set():
             self.in_batch.set()
