@@ -5,7 +5,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import gc
 import logging
+import time
 
 logger = logging.getLogger(__name__)
 
@@ -28,3 +30,26 @@ def release_freed_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+def collect_and_release() -> tuple[int, float]:
+    """Free unreachable cycles (a call's WebRTC objects reference each other) and give the freed
+    pages back to the OS. Stops the calling thread (the event loop) while it runs: the server
+    does it only when no call is running.
+
+    Returns:
+        Objects collected, and the milliseconds it took.
+    """
+    started = time.perf_counter()
+    collected = gc.collect()
+    release_freed_memory()
+    return collected, 1000 * (time.perf_counter() - started)
+
+
+def freeze_loaded_objects() -> None:
+    """Leave the objects that exist now (modules, the loaded models) out of every later cycle
+    collection: they live as long as the process, and scanning them made a full collection
+    (automatic ones during calls included) stop the event loop for 75-95 ms instead of 5-11 ms
+    (a `tiny` avatar server on 2 cores)."""
+    gc.collect()
+    gc.freeze()

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +37,13 @@ STATS_INTERVAL_S = 1.0
 WATCHDOG_INTERVAL_S = 0.25
 FIRST_AUDIO_WAIT_S = 3.0  # after connecting, start the avatar even if no audio has come yet
 MAX_MESSAGE_BYTES = 4096
+_IN_MEMORY: weakref.WeakSet[PeerSession] = weakref.WeakSet()
+
+
+def sessions_in_memory() -> int:
+    """Calls whose objects still exist: the open ones, plus ended ones not freed yet (a number that
+    stays above the open calls once the server is idle means a leak)."""
+    return len(_IN_MEMORY)
 
 
 def check_offer(sdp: str, kind: str) -> None:
@@ -104,6 +112,7 @@ class PeerSession:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing: asyncio.Task[None] | None = None
         self._disconnect_timer: asyncio.TimerHandle | None = None
+        _IN_MEMORY.add(self)
 
     async def answer(self, sdp: str, kind: str) -> RTCSessionDescription:
         """Take the peer's offer, attach the avatar's tracks and return the answer (ICE gathered).

@@ -29,14 +29,16 @@ from aiortc import RTCConfiguration, RTCIceServer
 
 from engines.errors import InputError
 from realtime.avatars import AvatarCatalog
+from realtime.memory import collect_and_release, freeze_loaded_objects
 from realtime.metrics import ServerMetrics
-from realtime.peer import PeerSession
+from realtime.peer import PeerSession, sessions_in_memory
 from realtime.settings import ICE_URL, ServerSettings
 
 logger = logging.getLogger(__name__)
 
 WEB_CLIENT_DIR = Path(__file__).resolve().parents[1] / "web_client"
 MAX_BODY_BYTES = 64 * 1024  # an SDP offer is a few kB
+IDLE_COLLECT_DELAY_S = 0.5  # after the last call ends, free its memory
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -137,6 +139,7 @@ class AvatarServer:
             {
                 "status": "ok",
                 "sessions": len(self.sessions),
+                "sessions_in_memory": sessions_in_memory(),
                 "max_sessions": self.settings.max_sessions,
                 "avatars": list(self.catalog.engines),
                 "uptime_s": round(time.monotonic() - self.started, 1),
@@ -204,8 +207,17 @@ class AvatarServer:
             self.sessions.discard(session)
             self.metrics.sessions_total.labels(reason).inc()
         self.metrics.sessions_active.set(len(self.sessions))
+        if not self.sessions:
+            # after the closing call has returned, so its own objects are unreachable too
+            asyncio.get_running_loop().call_later(IDLE_COLLECT_DELAY_S, self._collect_if_idle)
+
+    def _collect_if_idle(self) -> None:
+        if not self.sessions and not self._reserved:
+            collected, took_ms = collect_and_release()
+            logger.info("idle: freed %d objects of the ended calls in %.0f ms", collected, took_ms)
 
     async def _on_startup(self, app: web.Application) -> None:
+        freeze_loaded_objects()
         self._loop_watch = asyncio.get_running_loop().create_task(self.metrics.watch_event_loop())
 
     async def _on_shutdown(self, app: web.Application) -> None:

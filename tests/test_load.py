@@ -114,8 +114,9 @@ async def test_callers_for_over_thirty_seconds(call_count: int, tiny_avatar: Pat
                 call for stdout, _ in outputs for call in json.loads(stdout.decode().strip().splitlines()[-1])
             ]
             health = await _health(url)
-            await _until_no_sessions(url)
+            await _until_no_sessions(url)  # and the server's collection once idle
             after_mb = _rss_mb(server.process.pid)
+            in_memory = (await _health(url))["sessions_in_memory"]
     finally:
         for caller in callers:
             if caller.returncode is None:
@@ -138,4 +139,8 @@ async def test_callers_for_over_thirty_seconds(call_count: int, tiny_avatar: Pat
     assert server.process.returncode == 0
     assert not re.search(r"^(ERROR|CRITICAL)|Traceback", log_text, re.M), log_text[-3000:]
     assert peak_mb <= 1.05 * steady_mb, ("grew while serving", steady_mb, peak_mb)
-    assert after_mb <= 1.05 * baseline_mb, ("kept after the calls", baseline_mb, after_mb)
+    assert in_memory == 0, f"{in_memory} ended calls are still in the server's memory"
+    # What glibc and ONNX Runtime keep of the calls' high-water marks: 2-6% measured after 30-90 s
+    # of calls, not growing with more of them (docs/serving.md); a call's leaked frames would add
+    # 10% here in a few calls.
+    assert after_mb <= 1.10 * baseline_mb, ("kept after the calls", baseline_mb, after_mb)
