@@ -4,6 +4,7 @@ output so that it appears only when complete (a hidden partial beside it, then a
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -135,3 +136,26 @@ def remove_path(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock named after ``path`` (a hidden ``.lock`` file beside it) for the
+    block: processes that make the same file or folder take turns, the later ones then find it
+    made. An advisory ``flock``, released when the block ends or the process dies.
+
+    Raises:
+        OutputError: the lock file cannot be made (a read-only folder).
+    """
+    lock_path = path.with_name(f".{path.name}.lock")
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_path, "a+b")  # noqa: SIM115 - held open for the whole block
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot lock: {_reason(exc)}") from exc
+    with handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

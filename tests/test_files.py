@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from engines.errors import OutputError
-from engines.files import atomic_directory, atomic_output, partial_path, staging_directory
+from engines.files import atomic_directory, atomic_output, exclusive_lock, partial_path, staging_directory
 
 
 class Interrupted(Exception):
@@ -107,3 +110,25 @@ def test_staging_directory_keeps_what_was_moved_out(tmp_path: Path) -> None:
         (staging / "weights").rename(tmp_path / "weights")
         (staging / "leftover").write_text("x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["weights"]
+
+
+def test_exclusive_lock_makes_processes_take_turns(tmp_path: Path) -> None:
+    target = tmp_path / "export"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from engines.files import exclusive_lock\n"
+            f"with exclusive_lock(Path({str(target)!r})):\n"
+            "    print('held', flush=True); time.sleep(1.0)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    started = time.monotonic()
+    with exclusive_lock(target):
+        waited = time.monotonic() - started
+    holder.wait()
+    assert waited > 0.5, "the lock was taken while the other process held it (for 1 s)"
+    assert (tmp_path / ".export.lock").is_file() and not target.exists()

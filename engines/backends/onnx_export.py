@@ -30,7 +30,7 @@ from engines.backends.graphs import CausalSmoothingWeights, Expressions, Rendere
 from engines.backends.tensorrt_ops import TENSORRT_ONNX_OPS, TENSORRT_OPSET_RANGE
 from engines.bundle import AvatarNetworks
 from engines.errors import InputError, OutputError
-from engines.files import atomic_directory, sha256_file
+from engines.files import atomic_directory, exclusive_lock, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -258,15 +258,36 @@ def read_export(folder: Path, verify: bool = True) -> ExportManifest:
     return manifest
 
 
+def _current_export(folder: Path, digest: str, shape: StreamShape) -> ExportManifest | None:
+    """The export in ``folder`` if it is whole and matches these weights and shapes."""
+    if not (folder / MANIFEST).is_file():
+        return None
+    try:
+        manifest = read_export(folder)
+    except InputError as exc:
+        logger.warning("%s, exporting again", exc)
+        return None
+    if manifest.weights_digest == digest and manifest.stream_shape.same_graphs(shape):
+        return manifest
+    logger.info("%s: export is stale (other weights or shapes), exporting again", folder)
+    return None
+
+
 def ensure_onnx_export(networks: AvatarNetworks, shape: StreamShape, folder: Path) -> ExportManifest:
-    """Reuse the export in ``folder`` when it matches these weights and shapes, else (re)export."""
+    """Reuse the export in ``folder`` when it matches these weights and shapes, else (re)export.
+
+    Processes that start on the same avatar at once (render workers, several servers) take turns:
+    the first exports, the others wait and reuse its export.
+
+    Raises:
+        OutputError: ``folder`` cannot be written (or locked).
+    """
     digest = weights_digest(networks)
-    if (folder / MANIFEST).is_file():
-        try:
-            manifest = read_export(folder)
-            if manifest.weights_digest == digest and manifest.stream_shape.same_graphs(shape):
-                return manifest
-            logger.info("%s: export is stale (other weights or shapes), exporting again", folder)
-        except InputError as exc:
-            logger.warning("%s, exporting again", exc)
-    return export_onnx(networks, shape, folder, overwrite=True)
+    current = _current_export(folder, digest, shape)
+    if current is not None:  # no lock needed to reuse one (a read-only install can)
+        return current
+    with exclusive_lock(folder):
+        current = _current_export(folder, digest, shape)  # made while this process waited?
+        if current is not None:
+            return current
+        return export_onnx(networks, shape, folder, overwrite=True)
