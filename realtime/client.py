@@ -22,6 +22,7 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSes
 from aiortc.mediastreams import MediaStreamError
 
 from realtime.rtp_buffers import use_prompt_jitter_buffers
+from realtime.tasks import stop_task
 from realtime.webrtc_tracks import audio_frame_samples
 
 PACKET_MS = 20
@@ -217,9 +218,6 @@ class AvatarClient:
             self.channel.send(json.dumps({"type": "ping", "id": ping_id}))
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        for task in list(self._tasks):
+            await stop_task(task, f"the client's {task.get_name()}")
         await self.pc.close()

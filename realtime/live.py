@@ -26,6 +26,7 @@ from engines.timebase import SAMPLE_RATE_HZ
 from realtime.engine import AvatarEngine
 from realtime.session import StreamingSession
 from realtime.sinks import FrameSink, SinkClosed
+from realtime.tasks import stop_task
 
 logger = logging.getLogger(__name__)
 
@@ -146,9 +147,7 @@ async def run_live(
     except SinkClosed as exc:
         ended_by = str(exc)
     finally:
-        feeder.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await feeder
+        await stop_task(feeder, "the audio feeder", failure_raised_elsewhere=True)
         stats = session.stats
         await session.close()
         for sink in sinks:

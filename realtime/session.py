@@ -42,6 +42,7 @@ from realtime.memory import release_freed_memory
 from realtime.render_scheduler import DueChunk
 from realtime.settings import StreamSettings
 from realtime.stream import AvatarStream, StreamFrame
+from realtime.tasks import stop_task
 
 logger = logging.getLogger(__name__)
 
@@ -98,11 +99,15 @@ class SessionStats:
         """Plain numbers: counters and p50/p95 of the per-chunk stage times and render slack."""
 
         def quantiles(values: Iterable[float]) -> dict[str, float]:
-            array = np.asarray(list(values)[-500:])
+            array = np.asarray(list(values)[-500:], dtype=np.float64)
             if not len(array):
                 return {}
             return {"p50": float(np.percentile(array, 50)), "p95": float(np.percentile(array, 95))}
 
+        # The worker thread appends to these while the loop reads: copy them first, each copy one
+        # C call that no other Python thread can interleave with (iterating them could be).
+        slack = self.render_slack_ms.copy()
+        stages = self.stage_ms.copy()
         return {
             "latency_ms": self.latency_ms,
             "frames_out": self.frames_out,
@@ -114,8 +119,8 @@ class SessionStats:
             "audio_dropped_ms": self.audio_dropped_ms,
             "lag_ms": self.lag_ms,
             "max_lag_ms": self.max_lag_ms,
-            "render_slack_ms": quantiles(self.render_slack_ms),
-            "stage_ms": {stage: quantiles(values) for stage, values in self.stage_ms.items()},
+            "render_slack_ms": quantiles(slack),
+            "stage_ms": {stage: quantiles(values.copy()) for stage, values in stages.items()},
         }
 
 
@@ -433,9 +438,7 @@ class StreamingSession:
         self._closed = True
         self._wake.set()
         if self._producer is not None:
-            self._producer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._producer
+            await stop_task(self._producer, "the session's producer", failure_raised_elsewhere=True)
         self.engine.scheduler.forget(self)
         self._ready.clear()
         self._pending.clear()

@@ -179,5 +179,7 @@ class WindowSink:
 
     def close(self) -> None:
         if self._open:
-            with contextlib.suppress(Exception):
+            try:
                 cv2.destroyWindow(WINDOW_TITLE)
+            except cv2.error as exc:  # the window manager already took it away
+                logger.debug("window not destroyed: %s", exc)
