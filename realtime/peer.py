@@ -15,10 +15,11 @@ import json
 import logging
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from aiortc.exceptions import InvalidStateError, OperationError
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import SessionDescription
 
@@ -50,23 +51,40 @@ def check_offer(sdp: str, kind: str) -> None:
     """Refuse offers the avatar cannot serve, before any WebRTC state is made.
 
     Raises:
-        InputError: not an SDP offer, no audio sent by the peer, or no video it can receive.
+        InputError: not an SDP offer; malformed; no audio sent by the peer, or no video it can
+            receive; more than one audio or video section, or more than one data channel section.
     """
     if kind != "offer":
-        raise InputError(f'"type" must be "offer", got {kind!r}')
+        raise InputError('"type" must be "offer"')
     if not sdp.lstrip().startswith("v=0"):
         raise InputError("not an SDP session description (it must start with v=0)")
     try:
         media = SessionDescription.parse(sdp).media
-    except (ValueError, IndexError, KeyError) as exc:
-        raise InputError(f"malformed SDP: {exc}") from None
+    except Exception as exc:  # the parser meets hostile text: any failure of it means malformed
+        logger.info("unparsable SDP offer: %s: %s", type(exc).__name__, str(exc))
+        raise InputError("malformed SDP") from None
     if not media:
         raise InputError("malformed SDP: no media sections")
+    for kind_of_media in ("audio", "video", "application"):
+        if sum(m.kind == kind_of_media for m in media) > 1:
+            raise InputError(
+                f"the offer has more than one {kind_of_media} section: a call is one voice and one picture"
+            )
     directions = {(m.kind, m.direction or "sendrecv") for m in media if m.port != 0}
     if not any(k == "audio" and d in ("sendrecv", "sendonly") for k, d in directions):
         raise InputError("the offer sends no audio: the avatar needs the caller's microphone (or a file)")
     if not any(k == "video" and d in ("sendrecv", "recvonly") for k, d in directions):
         raise InputError("the offer receives no video: add a video transceiver (recvonly)")
+
+
+def _unusable_offer_reason(error: Exception) -> str:
+    """What the caller is told about an offer aiortc could not take (no internal text)."""
+    if isinstance(error, OperationError) and "send parameters" in str(error):  # aiortc's wording
+        return (
+            "unusable SDP offer: no codec in common (the avatar sends VP8 or H.264 video and "
+            "takes Opus, G.722, PCMU or PCMA audio)"
+        )
+    return "unusable SDP offer"
 
 
 class PeerSession:
@@ -79,6 +97,7 @@ class PeerSession:
         metrics: the server's metrics.
         timeouts: when to give up the call.
         on_closed: called once with this session and the reason when it has ended.
+        address: the caller's network address (to limit the calls connecting from one).
     """
 
     def __init__(
@@ -89,8 +108,10 @@ class PeerSession:
         metrics: ServerMetrics,
         timeouts: PeerTimeouts,
         on_closed: Callable[[PeerSession, str], None],
+        address: str = "?",
     ) -> None:
         self.id = f"{avatar}-{id(self):x}"
+        self.address = address
         self.avatar = avatar
         self.engine = engine
         self.metrics = metrics
@@ -114,13 +135,22 @@ class PeerSession:
         self._disconnect_timer: asyncio.TimerHandle | None = None
         _IN_MEMORY.add(self)
 
+    @property
+    def connected(self) -> bool:
+        """ICE and DTLS have come up (a call that has not yet only holds a slot)."""
+        return self._connected_at is not None or self.pc.connectionState == "connected"
+
     async def answer(self, sdp: str, kind: str) -> RTCSessionDescription:
         """Take the peer's offer, attach the avatar's tracks and return the answer (ICE gathered).
 
         Raises:
             InputError: the offer is malformed or unusable (the session is closed).
         """
-        check_offer(sdp, kind)
+        try:
+            check_offer(sdp, kind)
+        except InputError:
+            await self.close("bad offer")
+            raise
         pc = self.pc
         pc.on("track", self._on_track)
         pc.on("datachannel", self._on_datachannel)
@@ -131,9 +161,10 @@ class PeerSession:
             pc.addTrack(self.video)
             pc.addTrack(self.audio)
             await pc.setLocalDescription(await pc.createAnswer())
-        except (ValueError, KeyError, IndexError, AttributeError) as exc:
+        except Exception as exc:  # aiortc meets the peer's SDP: whatever it raises, the offer is unusable
+            logger.info("session %s: unusable offer: %s: %s", self.id, type(exc).__name__, str(exc))
             await self.close("bad offer")
-            raise InputError(f"unusable SDP offer: {type(exc).__name__}: {exc}") from None
+            raise InputError(_unusable_offer_reason(exc)) from None
         self._spawn(self._pump())
         self._spawn(self._send_stats())
         self._spawn(self._watchdog())
@@ -152,7 +183,7 @@ class PeerSession:
             return
         error = task.exception()
         if error is not None:
-            logger.error("session %s failed: %s: %s", self.id, type(error).__name__, error)
+            logger.error("session %s failed: %s: %s", self.id, type(error).__name__, str(error))
             self.close_soon("error")
 
     def _on_track(self, track: MediaStreamTrack) -> None:
@@ -268,8 +299,10 @@ class PeerSession:
     def _send(self, message: dict[str, Any]) -> None:
         channel = self.channel
         if channel is not None and channel.readyState == "open":
-            with contextlib.suppress(Exception):  # a closing transport: the session is ending anyway
+            try:
                 channel.send(json.dumps(message))
+            except (InvalidStateError, ConnectionError) as exc:  # a transport closing under us
+                logger.debug("session %s: data channel message not sent: %s", self.id, exc)
 
     def stats(self) -> dict[str, Any]:
         """What the client's overlay shows: the pipeline delay, frames, skips, lag, stage times."""
@@ -304,15 +337,29 @@ class PeerSession:
         for task in list(self._tasks):
             if task is not current:
                 task.cancel()
-        # Every wait is bounded: a peer stuck in its transport must not hold up a server shutdown.
-        for task in list(self._tasks):
-            if task is not current:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await asyncio.wait_for(task, CLOSE_STEP_TIMEOUT_S)
-        self.video.stop()
-        self.audio.stop()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.pc.close(), CLOSE_STEP_TIMEOUT_S)
-        await self.session.close()
-        logger.info("session %s ended: %s", self.id, reason)
-        self._on_closed(self, reason)
+        try:
+            # Every wait is bounded: a peer stuck in its transport must not hold up a server shutdown.
+            for task in list(self._tasks):
+                if task is not current:
+                    await self._close_step(f"task {task.get_name()}", task)
+            self.video.stop()
+            self.audio.stop()
+            await self._close_step("the peer connection", self.pc.close())
+            await self._close_step("the streaming session", self.session.close())
+        finally:
+            logger.info("session %s ended: %s", self.id, reason)
+            self._on_closed(self, reason)
+
+    async def _close_step(self, what: str, step: Awaitable[Any]) -> None:
+        """Wait for one part of the call to stop (at most ``CLOSE_STEP_TIMEOUT_S``); a part that
+        fails or hangs is logged and left behind, the rest still closes."""
+        try:
+            await asyncio.wait_for(step, CLOSE_STEP_TIMEOUT_S)
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                raise  # this close itself is being cancelled
+        except TimeoutError:
+            logger.warning("session %s: %s did not stop within %.0f s", self.id, what, CLOSE_STEP_TIMEOUT_S)
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"  # text: a log record holding exc would hold this call
+            logger.warning("session %s: closing %s failed: %s", self.id, what, reason)

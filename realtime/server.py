@@ -8,14 +8,14 @@ Routes:
     ``GET /metrics``     Prometheus text format.
 
 Errors are JSON ``{"error": "..."}`` with a 4xx/5xx status; a failing request or session never
-stops the others. With ``token`` set, ``/offer`` and ``/metrics`` need ``Authorization: Bearer``.
+stops the others. With ``token`` set, ``/offer`` and ``/metrics`` need ``Authorization: Bearer``,
+and ``/config`` gives TURN servers only with it. docs/hostile-input.md lists what each hostile
+request gets.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
 import logging
 import signal
 import ssl
@@ -25,39 +25,43 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from aiortc import RTCConfiguration, RTCIceServer
+from aiohttp.abc import AbstractAccessLogger
+from aiortc import RTCConfiguration, RTCSessionDescription
 
 from engines.errors import InputError
 from realtime.avatars import AvatarCatalog
+from realtime.http_input import Refused, bearer_matches, read_json_object
+from realtime.ice import IceServers
 from realtime.memory import collect_and_release, freeze_loaded_objects
 from realtime.metrics import ServerMetrics
 from realtime.peer import PeerSession, sessions_in_memory
-from realtime.settings import ICE_URL, ServerSettings
+from realtime.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 
 WEB_CLIENT_DIR = Path(__file__).resolve().parents[1] / "web_client"
 MAX_BODY_BYTES = 64 * 1024  # an SDP offer is a few kB
+MAX_PENDING_PER_ADDRESS = 2  # offers from one address answered but not yet connected
+FULL_RETRY_AFTER_S = 10
 IDLE_COLLECT_DELAY_S = 0.5  # after the last call ends, free its memory
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def parse_ice_server(url: str) -> RTCIceServer:
-    """``stun:host:port`` or ``turn:[USER:SECRET@]host:port[?transport=udp]`` → RTCIceServer.
-
-    Raises:
-        InputError: not a STUN/TURN URL.
-    """
-    match = ICE_URL.match(url)
-    if match is None:
-        raise InputError(f"--ice-server {url!r}: expected stun:HOST[:PORT] or turn:[USER:SECRET@]HOST[:PORT]")
-    plain = f"{match.group(1)}:{match.group('rest')}"
-    return RTCIceServer(urls=plain, username=match.group("user"), credential=match.group("secret"))
+def _json_error(status: int, message: str, retry_after_s: float | None = None, **extra: Any) -> web.Response:
+    headers = {"Retry-After": str(round(retry_after_s))} if retry_after_s is not None else None
+    return web.json_response({"error": message, **extra}, status=status, headers=headers)
 
 
-def _json_error(status: int, message: str, **extra: Any) -> web.Response:
-    return web.json_response({"error": message, **extra}, status=status)
+class RedactedAccessLogger(AbstractAccessLogger):
+    """The access log without query values: a token put in a URL must not reach the logs."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        query = "&".join(f"{key}=…" for key in request.rel_url.query)
+        path = f"{request.path}?{query}" if query else request.path
+        self.logger.info(
+            '%s "%s %s" %d %.1f ms', request.remote, request.method, path, response.status, 1000 * time
+        )
 
 
 class AvatarServer:
@@ -75,9 +79,10 @@ class AvatarServer:
         self.metrics.sessions_max.set(settings.max_sessions)
         for name, engine in catalog.engines.items():
             self.metrics.pipeline_latency_ms.labels(name).set(engine.latency_ms)
-        self.ice_servers = [parse_ice_server(url) for url in settings.ice_servers]
+        self.ice = IceServers.parse(settings.ice_servers, settings.turn_secret, settings.turn_ttl_s)
         self.sessions: set[PeerSession] = set()
-        self._reserved = 0
+        self._answering: set[PeerSession] = set()  # offers being answered: they hold a slot
+        self._stopping = False
         self.started = time.monotonic()
         self.app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._errors_as_json])
         self.app.router.add_get("/", self._index)
@@ -85,8 +90,8 @@ class AvatarServer:
         self.app.router.add_post("/offer", self._offer)
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/metrics", self._metrics)
-        if WEB_CLIENT_DIR.is_dir():
-            self.app.router.add_static("/static/", WEB_CLIENT_DIR, show_index=False, follow_symlinks=False)
+        self.app.router.add_get("/static/{name}", self._static)
+        self.app.router.add_get("/favicon.ico", self._favicon)
         self.app.on_startup.append(self._on_startup)
         self.app.on_shutdown.append(self._on_shutdown)
         self._loop_watch: asyncio.Task[None] | None = None
@@ -96,7 +101,7 @@ class AvatarServer:
     @web.middleware
     async def _errors_as_json(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
-            return await handler(request)
+            response = await handler(request)
         except web.HTTPRequestEntityTooLarge:
             self.metrics.offers_rejected.labels("too large").inc()
             return _json_error(413, f"request body over {MAX_BODY_BYTES} bytes")
@@ -104,14 +109,13 @@ class AvatarServer:
             if exc.status < 400:
                 raise
             return _json_error(exc.status, exc.reason)
+        except Exception:
+            logger.exception("%s %s failed", request.method, request.path)
+            return _json_error(500, "internal error (logged on the server)")
+        return response
 
     def _authorised(self, request: web.Request) -> bool:
-        token = self.settings.token
-        if token is None:
-            return True
-        header = request.headers.get("Authorization", "")
-        scheme, _, given = header.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+        return bearer_matches(request, self.settings.token)
 
     # ------------------------------------------------------------------ routes
 
@@ -121,14 +125,25 @@ class AvatarServer:
             return _json_error(404, "the web client is not installed")
         return web.FileResponse(index)
 
+    async def _static(self, request: web.Request) -> web.StreamResponse:
+        """A file of the web client (no folders, no hidden files, nothing outside it)."""
+        name = request.match_info["name"]
+        path = WEB_CLIENT_DIR / name
+        if name.startswith(".") or path.resolve().parent != WEB_CLIENT_DIR.resolve() or not path.is_file():
+            return _json_error(404, f"no such file: /static/{name}")
+        return web.FileResponse(path)
+
+    async def _favicon(self, request: web.Request) -> web.StreamResponse:
+        icon = WEB_CLIENT_DIR / "favicon.svg"
+        if not icon.is_file():
+            return _json_error(404, "no icon")
+        return web.FileResponse(icon, headers={"Content-Type": "image/svg+xml"})
+
     async def _config(self, request: web.Request) -> web.Response:
         return web.json_response(
             {
                 "avatars": self.catalog.describe(),
-                "ice_servers": [
-                    {"urls": s.urls, "username": s.username, "credential": s.credential}
-                    for s in self.ice_servers
-                ],
+                "ice_servers": self.ice.for_client(self._authorised(request)),
                 "token_required": self.settings.token is not None,
                 "max_sessions": self.settings.max_sessions,
             }
@@ -154,53 +169,75 @@ class AvatarServer:
         return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
 
     async def _offer(self, request: web.Request) -> web.Response:
-        if not self._authorised(request):
-            self.metrics.offers_rejected.labels("unauthorised").inc()
-            return _json_error(401, "missing or wrong bearer token")
         try:
-            body = json.loads(await request.text())
-        except (ValueError, UnicodeDecodeError):
-            self.metrics.offers_rejected.labels("malformed").inc()
-            return _json_error(400, 'the body must be JSON: {"sdp": ..., "type": "offer"}')
-        if not isinstance(body, dict) or not isinstance(body.get("sdp"), str):
-            self.metrics.offers_rejected.labels("malformed").inc()
-            return _json_error(400, 'the body must be a JSON object with a string "sdp" and "type"')
+            session, answer = await self._answer_offer(request)
+        except Refused as refusal:
+            retry = {503: FULL_RETRY_AFTER_S, 429: self.settings.timeouts.connect_s}.get(refusal.status)
+            return _json_error(refusal.status, refusal.reason, retry_after_s=retry, **refusal.extra)
+        logger.info("session %s: answered (%d active)", session.id, len(self.sessions))
+        return web.json_response({"sdp": answer.sdp, "type": answer.type, "session": session.id})
+
+    async def _answer_offer(self, request: web.Request) -> tuple[PeerSession, RTCSessionDescription]:
+        """Check the offer, hold a slot, answer it.
+
+        Raises:
+            Refused: anything the call cannot go ahead with (counted by reason).
+        """
+        rejected = self.metrics.offers_rejected
+        if self._stopping:
+            raise Refused(503, "the server is shutting down")
+        if not self._authorised(request):
+            rejected.labels("unauthorised").inc()
+            raise Refused(401, "missing or wrong bearer token")
+        try:
+            body = await read_json_object(request, self.settings.body_timeout_s)
+        except Refused:
+            rejected.labels("malformed").inc()
+            raise
+        if not isinstance(body.get("sdp"), str):
+            rejected.labels("malformed").inc()
+            raise Refused(400, 'the body must be a JSON object with a string "sdp" and "type"')
         avatar = body.get("avatar")
         if avatar is not None and not isinstance(avatar, str):
-            self.metrics.offers_rejected.labels("malformed").inc()
-            return _json_error(400, '"avatar" must be a name')
+            rejected.labels("malformed").inc()
+            raise Refused(400, '"avatar" must be a name')
         try:
             engine = self.catalog.get(avatar)
         except InputError as exc:
-            self.metrics.offers_rejected.labels("unknown avatar").inc()
-            return _json_error(404, str(exc), avatars=list(self.catalog.engines))
-        if len(self.sessions) + self._reserved >= self.settings.max_sessions:
-            self.metrics.offers_rejected.labels("full").inc()
-            return _json_error(
-                503, f"the server is full ({self.settings.max_sessions} sessions); try again later"
-            )
-        self._reserved += 1
+            rejected.labels("unknown avatar").inc()
+            raise Refused(404, str(exc), avatars=list(self.catalog.engines)) from None
+        if len(self.sessions) + len(self._answering) >= self.settings.max_sessions:
+            rejected.labels("full").inc()
+            raise Refused(503, f"the server is full ({self.settings.max_sessions} sessions); try again later")
+        address = request.remote or "?"
+        pending = [s for s in self.sessions | self._answering if s.address == address and not s.connected]
+        if len(pending) >= MAX_PENDING_PER_ADDRESS:
+            rejected.labels("pending").inc()
+            raise Refused(429, f"{len(pending)} calls from this address are still connecting; wait for them")
+        session = PeerSession(
+            engine,
+            avatar or self.catalog.default,
+            RTCConfiguration(iceServers=self.ice.for_call()),
+            self.metrics,
+            self.settings.timeouts,
+            self._session_closed,
+            address,
+        )
+        self._answering.add(session)
         try:
-            session = PeerSession(
-                engine,
-                avatar or self.catalog.default,
-                RTCConfiguration(iceServers=self.ice_servers),
-                self.metrics,
-                self.settings.timeouts,
-                self._session_closed,
-            )
-            try:
-                answer = await session.answer(body["sdp"], str(body.get("type")))
-            except InputError as exc:
-                await session.close("bad offer")
-                self.metrics.offers_rejected.labels("bad sdp").inc()
-                return _json_error(400, str(exc))
-            self.sessions.add(session)
-            self.metrics.sessions_active.set(len(self.sessions))
+            answer = await session.answer(body["sdp"], str(body.get("type")))
+        except InputError as exc:
+            if not self._stopping:
+                rejected.labels("bad sdp").inc()
+                raise Refused(400, str(exc)) from None
         finally:
-            self._reserved -= 1
-        logger.info("session %s: answered (%d active)", session.id, len(self.sessions))
-        return web.json_response({"sdp": answer.sdp, "type": answer.type, "session": session.id})
+            self._answering.discard(session)
+        if self._stopping or session.reason is not None:  # closed while being answered
+            await session.close("server shutdown")
+            raise Refused(503, "the server is shutting down")
+        self.sessions.add(session)
+        self.metrics.sessions_active.set(len(self.sessions))
+        return session, answer
 
     def _session_closed(self, session: PeerSession, reason: str) -> None:
         if session in self.sessions:
@@ -212,7 +249,7 @@ class AvatarServer:
             asyncio.get_running_loop().call_later(IDLE_COLLECT_DELAY_S, self._collect_if_idle)
 
     def _collect_if_idle(self) -> None:
-        if not self.sessions and not self._reserved:
+        if not self.sessions and not self._answering:
             collected, took_ms = collect_and_release()
             logger.info("idle: freed %d objects of the ended calls in %.0f ms", collected, took_ms)
 
@@ -221,13 +258,15 @@ class AvatarServer:
         self._loop_watch = asyncio.get_running_loop().create_task(self.metrics.watch_event_loop())
 
     async def _on_shutdown(self, app: web.Application) -> None:
+        self._stopping = True
         if self._loop_watch is not None:
             self._loop_watch.cancel()
         await self.close_sessions("server shutdown")
 
     async def close_sessions(self, reason: str) -> None:
-        """End every call (graceful shutdown)."""
-        await asyncio.gather(*(session.close(reason) for session in list(self.sessions)))
+        """End every call, those being answered included (graceful shutdown)."""
+        calls = list(self.sessions | self._answering)
+        await asyncio.gather(*(session.close(reason) for session in calls))
 
     # ------------------------------------------------------------------ running
 
@@ -245,7 +284,7 @@ class AvatarServer:
 
     async def start(self) -> web.AppRunner:
         """Listen (for tests and embedding); stop with ``await runner.cleanup()``."""
-        runner = web.AppRunner(self.app, handle_signals=False)
+        runner = web.AppRunner(self.app, handle_signals=False, access_log_class=RedactedAccessLogger)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.host, self.settings.port, ssl_context=self.ssl_context())
         try:
@@ -271,7 +310,7 @@ class AvatarServer:
         try:
             await stop.wait()
         finally:
-            logger.info("shutting down: closing %d sessions", len(self.sessions))
+            logger.info("shutting down: closing %d sessions", len(self.sessions | self._answering))
             await runner.cleanup()
 
     @property

@@ -69,7 +69,9 @@ class PeerTimeouts(BaseModel):
     """When a call is given up.
 
     Attributes:
-        connect_s: from the answer until ICE and DTLS are up.
+        connect_s: from the answer until ICE and DTLS are up; a call not up by then gives its
+            slot back (a peer on loopback or a LAN connects within a second, through TURN
+            within a few).
         disconnected_s: how long a ``disconnected`` connection may take to recover.
         media_s: how long a connected peer may send no audio at all (browsers keep sending
             packets while muted) before it counts as vanished; ICE consent alone takes 30 s.
@@ -78,7 +80,7 @@ class PeerTimeouts(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    connect_s: float = Field(20.0, gt=0)
+    connect_s: float = Field(8.0, gt=0)
     disconnected_s: float = Field(5.0, gt=0)
     media_s: float = Field(10.0, gt=0)
     max_session_s: float = Field(0.0, ge=0)
@@ -91,9 +93,13 @@ class ServerSettings(BaseModel):
         host, port: where to listen (port 0: any free port).
         max_sessions: concurrent calls; more get HTTP 503.
         token: bearer token for ``/offer`` and ``/metrics`` (None: open).
-        ice_servers: STUN/TURN URLs, ``turn:USER:SECRET@host:port`` for credentials.
+        ice_servers: STUN/TURN URLs, ``turn:USER:SECRET@host:port`` for static credentials.
+        turn_secret: shared secret of the TURN servers given without a user: each caller gets
+            its own time-limited credentials (``realtime.ice``).
+        turn_ttl_s: how long those credentials stay valid.
         cert_file, key_file: TLS certificate and private key, PEM (both or neither).
         timeouts: when calls are given up.
+        body_timeout_s: how long a request's declared body may take to arrive.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -103,9 +109,12 @@ class ServerSettings(BaseModel):
     max_sessions: int = Field(4, ge=1)
     token: str | None = Field(None, min_length=1)
     ice_servers: tuple[str, ...] = ()
+    turn_secret: str | None = Field(None, min_length=1)
+    turn_ttl_s: float = Field(3600.0, gt=0)
     cert_file: Path | None = None
     key_file: Path | None = None
     timeouts: PeerTimeouts = PeerTimeouts()
+    body_timeout_s: float = Field(10.0, gt=0)
 
     @field_validator("ice_servers")
     @classmethod

@@ -83,6 +83,12 @@ def add_serve_parser(sub: Any) -> None:
         "repeatable (default none: host candidates only, fine on a LAN)",
     )
     serve.add_argument(
+        "--turn-secret",
+        metavar="SECRET",
+        help="shared secret of the TURN servers given without USER:SECRET (coturn use-auth-secret): "
+        "each caller gets its own credentials, valid for an hour",
+    )
+    serve.add_argument(
         "--max-session-minutes", type=positive_float, help="end calls after this long (default: no limit)"
     )
     serve.set_defaults(handler=cmd_serve)
@@ -131,12 +137,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = validated(  # before any model is loaded
         ServerSettings,
-        {"ice_servers": "--ice-server", "cert_file": "--cert", "key_file": "--key"},
+        {
+            "ice_servers": "--ice-server",
+            "turn_secret": "--turn-secret",
+            "cert_file": "--cert",
+            "key_file": "--key",
+        },
         host=args.host,
         port=args.port,
         max_sessions=args.max_sessions,
         token=args.token,
         ice_servers=tuple(args.ice_server),
+        turn_secret=args.turn_secret,
         cert_file=args.cert,
         key_file=args.key,
         timeouts=PeerTimeouts(max_session_s=60 * (args.max_session_minutes or 0)),

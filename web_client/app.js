@@ -38,15 +38,25 @@ function setMessage(text, isError = false) {
   }
 }
 
+// A token given in the address goes in the fragment (#token=...): browsers never send the
+// fragment to the server, so it stays out of every log. It is taken off the address bar at once.
+const linkToken = new URLSearchParams(location.hash.slice(1)).get("token");
+if (linkToken) history.replaceState(null, "", location.pathname + location.search);
+
 function tokenHeader() {
-  const token = $("token").value || new URLSearchParams(location.search).get("token");
+  const token = $("token").value || linkToken;
   return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+async function fetchConfig() {
+  // with the token, the server adds its TURN servers (credentials go to authorised callers only)
+  const response = await fetch("/config", { headers: tokenHeader() });
+  serverConfig = await response.json();
 }
 
 async function loadConfig() {
   try {
-    const response = await fetch("/config");
-    serverConfig = await response.json();
+    await fetchConfig();
   } catch (err) {
     setMessage("Cannot reach the server.", true);
     return;
@@ -59,8 +69,7 @@ async function loadConfig() {
     choice.add(option);
   }
   $("avatar-field").hidden = serverConfig.avatars.length < 2;
-  const urlToken = new URLSearchParams(location.search).get("token");
-  $("token-field").hidden = !serverConfig.token_required || Boolean(urlToken);
+  $("token-field").hidden = !serverConfig.token_required || Boolean(linkToken);
 }
 
 async function listMicrophones() {
@@ -137,6 +146,7 @@ async function start() {
 }
 
 async function connect() {
+  if (serverConfig && serverConfig.token_required && $("token").value) await fetchConfig();
   const iceServers = (serverConfig && serverConfig.ice_servers) || [];
   pc = new RTCPeerConnection({ iceServers: iceServers.map((s) => ({ urls: s.urls, username: s.username || undefined, credential: s.credential || undefined })) });
   pc.addTransceiver("video", { direction: "recvonly" });
