@@ -68,7 +68,7 @@ def measure(args: argparse.Namespace, avatar: Path) -> list[dict[str, Any]]:
     rows = []
     for count in args.calls:
         arguments = ["--avatar", f"bench={avatar}", "--backend", args.backend]
-        arguments += ["--max-sessions", str(count)]
+        arguments += ["--max-sessions", str(count), "--admission", "max-sessions"]  # overload on purpose
         if args.unbatched:
             arguments += ["--max-batch", "1"]
         with serve_in_process(arguments) as server:

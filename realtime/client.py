@@ -116,6 +116,8 @@ class AvatarClient:
         keep_images: store received frames' pixels (memory: W·H·3 bytes a frame).
         prompt_buffers: release received frames as soon as they are complete, as a browser does
             (``realtime.rtp_buffers``); False keeps aiortc's own receive buffering.
+        source_address: the local address to send the offer from (None: the system's choice);
+            on loopback, ``127.0.0.N`` makes callers distinct addresses, as separate machines are.
     """
 
     def __init__(
@@ -126,6 +128,7 @@ class AvatarClient:
         token: str | None = None,
         keep_images: bool = True,
         prompt_buffers: bool = True,
+        source_address: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.audio = audio
@@ -133,6 +136,7 @@ class AvatarClient:
         self.token = token
         self.keep_images = keep_images
         self.prompt_buffers = prompt_buffers
+        self.source_address = source_address
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.recording = ClientRecording()
         self.frames_received = 0
@@ -161,8 +165,9 @@ class AvatarClient:
         if self.avatar is not None:
             body["avatar"] = self.avatar
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        local = aiohttp.TCPConnector(local_addr=(self.source_address, 0)) if self.source_address else None
         async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http,
+            aiohttp.ClientSession(connector=local, timeout=aiohttp.ClientTimeout(total=timeout_s)) as http,
             http.post(f"{self.url}/offer", json=body, headers=headers) as response,
         ):
             answer = await response.json()

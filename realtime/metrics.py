@@ -44,6 +44,27 @@ class ServerMetrics:
             f"Video frames sent per second, all sessions, over the last {FPS_WINDOW_S:g} s",
             registry=r,
         )
+        self.capacity_calls = Gauge(
+            "stableface_capacity_calls",
+            "Calls of each avatar this server can carry in real time beside the others' calls now "
+            "(measured render cost, realtime/capacity.py)",
+            ["avatar"],
+            registry=r,
+        )
+        self.headroom_calls = Gauge(
+            "stableface_headroom_calls",
+            "More calls of each avatar it would admit now",
+            ["avatar"],
+            registry=r,
+        )
+        self.render_load = Gauge(
+            "stableface_render_load", "Share of the render device's time the admitted calls take", registry=r
+        )
+        self.recent_repeated_share = Gauge(
+            "stableface_recent_repeated_share",
+            "Share of output slots that repeated an earlier image over the last 5 s (settled calls)",
+            registry=r,
+        )
         self.pipeline_latency_ms = Gauge(
             "stableface_pipeline_latency_ms",
             "Configured output delay: audio in -> lips and audio out, per avatar",

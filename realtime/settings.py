@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -100,6 +101,14 @@ class ServerSettings(BaseModel):
         cert_file, key_file: TLS certificate and private key, PEM (both or neither).
         timeouts: when calls are given up.
         body_timeout_s: how long a request's declared body may take to arrive.
+        max_connecting_per_address: calls from one address that may be connecting at once (ICE
+            not up yet: each holds a slot for up to ``timeouts.connect_s``); more get 429. Offices
+            behind one NAT address share it.
+        admission: ``measured``: a call is admitted only while every admitted call keeps real
+            time by the renderers' measured cost (``realtime.capacity``) and the calls' recent
+            repeated frames, up to ``max_sessions``; ``max-sessions``: up to ``max_sessions``.
+        load_limit: share of the render device's time calls may take (None: by device, 0.45 on
+            a CPU, 0.85 on a GPU).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -115,6 +124,9 @@ class ServerSettings(BaseModel):
     key_file: Path | None = None
     timeouts: PeerTimeouts = PeerTimeouts()
     body_timeout_s: float = Field(10.0, gt=0)
+    max_connecting_per_address: int = Field(4, ge=1)
+    admission: Literal["measured", "max-sessions"] = "measured"
+    load_limit: float | None = Field(None, gt=0, le=1)
 
     @field_validator("ice_servers")
     @classmethod

@@ -62,7 +62,20 @@ def add_serve_parser(sub: Any) -> None:
         "--max-sessions",
         type=positive_int,
         default=default_of(ServerSettings, "max_sessions"),
-        help="concurrent calls (default %(default)s)",
+        help="concurrent calls at most, whatever the capacity (default %(default)s)",
+    )
+    serve.add_argument(
+        "--admission",
+        choices=("measured", "max-sessions"),
+        default=default_of(ServerSettings, "admission"),
+        help="measured (default): admit a call only while every call keeps real time by the measured "
+        "render cost and the calls' recent repeated frames; max-sessions: up to --max-sessions",
+    )
+    serve.add_argument(
+        "--load-limit",
+        type=float,
+        metavar="SHARE",
+        help="share of the render device's time calls may take (default 0.45 on a CPU, 0.85 on a GPU)",
     )
     serve.add_argument(
         "--max-batch",
@@ -140,6 +153,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         {
             "ice_servers": "--ice-server",
             "turn_secret": "--turn-secret",
+            "load_limit": "--load-limit",
             "cert_file": "--cert",
             "key_file": "--key",
         },
@@ -149,6 +163,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         token=args.token,
         ice_servers=tuple(args.ice_server),
         turn_secret=args.turn_secret,
+        admission=args.admission,
+        load_limit=args.load_limit,
         cert_file=args.cert,
         key_file=args.key,
         timeouts=PeerTimeouts(max_session_s=60 * (args.max_session_minutes or 0)),

@@ -245,7 +245,7 @@ async def test_the_token_guards_offers_and_metrics(catalog: AvatarCatalog) -> No
 
 
 async def test_a_full_server_answers_503_and_frees_slots_on_hang_up(catalog: AvatarCatalog) -> None:
-    server, runner = await _serve(catalog, max_sessions=2)
+    server, runner = await _serve(catalog, max_sessions=2, admission="max-sessions")
     audio, _ = speech_with_pauses(2, [("speech", 3.0)])
     clients = [AvatarClient(server.url, ArrayAudioTrack(audio, 16_000)) for _ in range(3)]
     try:
@@ -286,7 +286,7 @@ async def test_a_peer_that_goes_silent_on_the_wire_is_dropped(catalog: AvatarCat
 
 
 async def test_shutdown_closes_every_call(catalog: AvatarCatalog) -> None:
-    server, runner = await _serve(catalog)
+    server, runner = await _serve(catalog, admission="max-sessions")
     audio, _ = speech_with_pauses(2, [("speech", 3.0)])
     clients = [AvatarClient(server.url, ArrayAudioTrack(audio, 16_000)) for _ in range(2)]
     for client in clients:

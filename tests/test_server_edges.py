@@ -23,10 +23,11 @@ from speech_signals import speech_with_pauses
 from engines.bundle import DEFAULT_AVATAR_DIR
 from realtime.avatars import AvatarCatalog, AvatarSpec
 from realtime.client import ArrayAudioTrack, AvatarClient
-from realtime.server import MAX_PENDING_PER_ADDRESS, AvatarServer
+from realtime.server import AvatarServer
 from realtime.settings import PeerTimeouts, ServerSettings
 
 pytestmark = pytest.mark.realtime
+CONNECTING_PER_ADDRESS = 2
 
 
 @pytest.fixture(scope="module")
@@ -237,17 +238,23 @@ async def test_the_token_guards_turn_credentials_and_any_header_bytes_get_401(
 
 
 async def test_a_pending_offer_flood_cannot_lock_out_a_caller(catalog: AvatarCatalog) -> None:
-    server, runner = await _serve(catalog, max_sessions=3, timeouts=PeerTimeouts(connect_s=1.5))
+    server, runner = await _serve(
+        catalog,
+        max_sessions=3,
+        admission="max-sessions",
+        max_connecting_per_address=CONNECTING_PER_ADDRESS,
+        timeouts=PeerTimeouts(connect_s=1.5),
+    )
     flood = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
     try:
         async with aiohttp.ClientSession(connector=flood) as http:
             statuses, retry = [], None
-            for _ in range(MAX_PENDING_PER_ADDRESS + 2):  # offers whose ICE never comes
+            for _ in range(CONNECTING_PER_ADDRESS + 2):  # offers whose ICE never comes
                 body = json.dumps({"sdp": await _offer(), "type": "offer"})
                 async with http.post(f"{server.url}offer", data=body) as response:
                     statuses.append(response.status)
                     retry = response.headers.get("Retry-After") if response.status == 429 else retry
-        assert statuses == [200] * MAX_PENDING_PER_ADDRESS + [429, 429] and retry == "2"
+        assert statuses == [200] * CONNECTING_PER_ADDRESS + [429, 429] and retry == "2"
         audio, _ = speech_with_pauses(3, [("speech", 1.0)])
         caller = AvatarClient(server.url, ArrayAudioTrack(audio, 16_000))
         await caller.connect()  # from 127.0.0.1: the flood holds 2 of 3 slots, not all
@@ -258,7 +265,7 @@ async def test_a_pending_offer_flood_cannot_lock_out_a_caller(catalog: AvatarCat
         ended = re.findall(
             r'stableface_sessions_total\{reason="(connect timeout|ice failed)"\} (\d+)', metrics
         )
-        assert sum(float(count) for _, count in ended) == MAX_PENDING_PER_ADDRESS, metrics
+        assert sum(float(count) for _, count in ended) == CONNECTING_PER_ADDRESS, metrics
     finally:
         await runner.cleanup()  # type: ignore[attr-defined]
 
