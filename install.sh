@@ -3,7 +3,7 @@
 #   ./install.sh            the engine
 #   ./install.sh dev        the engine plus test tools (ruff, mypy, pytest) and, where apt-get can
 #                           be used (root), the system programs the tests drive: Debian's chromium
-#                           and chromium-driver (browser test) and ffmpeg (Y4M pipe test)
+#                           and chromium-driver (browser test), ffmpeg (Y4M pipe test) and haproxy (scale-out test)
 # Environment: PYTHON (interpreter to build the venv with, 3.11 or 3.12),
 #              TORCH_SPEC (default torch==2.13.0; e.g. a CPU-only or CUDA build of your choice).
 set -euo pipefail
@@ -36,6 +36,7 @@ install_test_programs() {
     command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
     command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
+    command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
     if [[ ${#missing[@]} -eq 0 ]]; then return; fi
     if [[ "$(id -u)" != 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
         echo "install.sh: note: ${missing[*]} not installed (needs apt-get as root); their tests skip" >&2

@@ -33,6 +33,7 @@ from realtime.avatars import AvatarCatalog
 from realtime.capacity import AvatarLoad, calls_supported, load_limit_for, probe_batch_cost
 from realtime.http_input import Refused, bearer_matches, read_json_object
 from realtime.ice import IceServers
+from realtime.lb_agent import agent_reply, serve_agent
 from realtime.memory import collect_and_release, freeze_loaded_objects
 from realtime.metrics import ServerMetrics
 from realtime.peer import PeerSession, sessions_in_memory
@@ -105,6 +106,7 @@ class AvatarServer:
         self.app.on_startup.append(self._on_startup)
         self.app.on_shutdown.append(self._on_shutdown)
         self._background: list[asyncio.Task[None]] = []
+        self._agent: asyncio.Server | None = None
 
     # ------------------------------------------------------------------ middleware
 
@@ -229,7 +231,7 @@ class AvatarServer:
         if refusal is not None:
             rejected.labels("capacity").inc()
             raise Refused(503, refusal)
-        address = request.remote or "?"
+        address = self._caller_address(request)
         pending = [s for s in self.sessions | self._answering if s.address == address and not s.connected]
         if len(pending) >= self.settings.max_connecting_per_address:
             rejected.labels("pending").inc()
@@ -258,6 +260,15 @@ class AvatarServer:
         self.sessions.add(session)
         self.metrics.sessions_active.set(len(self.sessions))
         return session, answer
+
+    def _caller_address(self, request: web.Request) -> str:
+        """The caller's address: the peer's, or behind a trusted load balancer the last
+        ``X-Forwarded-For`` entry (the one the balancer added; earlier ones the caller can forge)."""
+        remote = request.remote or "?"
+        forwarded = request.headers.get("X-Forwarded-For")
+        if remote in self.settings.trusted_proxies and forwarded:
+            return forwarded.split(",")[-1].strip() or remote
+        return remote
 
     # ------------------------------------------------------------------ capacity
 
@@ -359,7 +370,9 @@ class AvatarServer:
         ]
 
     async def _on_shutdown(self, app: web.Application) -> None:
-        self._stopping = True
+        self._stopping = True  # the agent says "drain" from now on
+        if self._agent is not None:
+            self._agent.close()
         for task in self._background:
             task.cancel()
         await self.close_sessions("server shutdown")
@@ -397,7 +410,30 @@ class AvatarServer:
             ) from None
         if self.settings.port == 0:  # an ephemeral port: record the one chosen
             self.settings = self.settings.model_copy(update={"port": int(runner.addresses[0][1])})
+        if self.settings.agent_port is not None:
+            await self._start_agent(runner)
         return runner
+
+    async def _start_agent(self, runner: web.AppRunner) -> None:
+        """Answer HAProxy's agent checks with the default avatar's headroom.
+
+        Raises:
+            InputError: the agent port cannot be bound (the server is stopped again).
+        """
+        assert self.settings.agent_port is not None
+        try:
+            self._agent = await serve_agent(
+                self.settings.host,
+                self.settings.agent_port,
+                lambda: agent_reply(self.capacity()[self.catalog.default]["headroom"], self._stopping),
+            )
+        except OSError as exc:
+            await runner.cleanup()
+            where = f"{self.settings.host}:{self.settings.agent_port}"
+            raise InputError(f"cannot listen for agent checks on {where}: {exc.strerror}") from None
+        port = self._agent.sockets[0].getsockname()[1]
+        self.settings = self.settings.model_copy(update={"agent_port": int(port)})
+        logger.info("agent checks (headroom for HAProxy) on %s:%d", self.settings.host, port)
 
     async def serve_until_stopped(self, ready: Callable[[str], None] | None = None) -> None:
         """Listen until SIGINT/SIGTERM, then end every call and stop."""

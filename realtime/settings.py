@@ -109,6 +109,9 @@ class ServerSettings(BaseModel):
             repeated frames, up to ``max_sessions``; ``max-sessions``: up to ``max_sessions``.
         load_limit: share of the render device's time calls may take (None: by device, 0.45 on
             a CPU, 0.85 on a GPU).
+        agent_port: where to answer HAProxy's agent checks with the headroom (None: not at all;
+            0: any free port), on ``host``.
+        trusted_proxies: addresses of load balancers whose ``X-Forwarded-For`` names the caller.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -127,6 +130,8 @@ class ServerSettings(BaseModel):
     max_connecting_per_address: int = Field(4, ge=1)
     admission: Literal["measured", "max-sessions"] = "measured"
     load_limit: float | None = Field(None, gt=0, le=1)
+    agent_port: int | None = Field(None, ge=0, le=65535)
+    trusted_proxies: tuple[str, ...] = ()
 
     @field_validator("ice_servers")
     @classmethod

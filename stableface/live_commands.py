@@ -72,6 +72,19 @@ def add_serve_parser(sub: Any) -> None:
         "render cost and the calls' recent repeated frames; max-sessions: up to --max-sessions",
     )
     serve.add_argument(
+        "--agent-port",
+        type=int,
+        metavar="PORT",
+        help="answer HAProxy agent checks with this server's headroom on PORT (docs/scale-out.md)",
+    )
+    serve.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="a load balancer's address: its X-Forwarded-For names the caller; repeatable",
+    )
+    serve.add_argument(
         "--load-limit",
         type=float,
         metavar="SHARE",
@@ -164,6 +177,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ice_servers=tuple(args.ice_server),
         turn_secret=args.turn_secret,
         admission=args.admission,
+        agent_port=args.agent_port,
+        trusted_proxies=tuple(args.trusted_proxy),
         load_limit=args.load_limit,
         cert_file=args.cert,
         key_file=args.key,
