@@ -17,6 +17,7 @@ from realtime.avatars import AvatarCatalog, AvatarSpec
 from realtime.batch_cost import BatchCost
 from realtime.capacity import AvatarLoad, calls_supported, render_load
 from realtime.client import ArrayAudioTrack, AvatarClient
+from realtime.lb_agent import agent_reply
 from realtime.repeat_watch import CallCount, RepeatWatch
 from realtime.server import AvatarServer
 from realtime.settings import ServerSettings
@@ -146,5 +147,32 @@ async def test_calls_already_falling_behind_refuse_new_ones(catalog: AvatarCatal
                 assert response.status == 503
             assert "falling behind real time (4.0% of their frames repeated" in refused["error"]
             assert (await _health(http, server))["recent_repeated_share"] == 0.04
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.realtime
+async def test_the_agent_port_tells_haproxy_the_headroom(catalog: AvatarCatalog) -> None:
+    server = AvatarServer(
+        catalog, ServerSettings(port=0, agent_port=0, max_sessions=3, admission="max-sessions")
+    )
+    runner = await server.start()
+
+    async def agent_line() -> bytes:
+        assert server.settings.agent_port
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.settings.agent_port)
+        line = await reader.readline()
+        writer.close()
+        return line
+
+    try:
+        assert await agent_line() == b"ready 3%\n"
+        audio, _ = speech_with_pauses(7, [("speech", 2.0)])
+        client = AvatarClient(server.url, ArrayAudioTrack(audio, 16_000))
+        await client.connect()
+        assert await agent_line() == b"ready 2%\n"
+        await client.close()
+        assert agent_reply(0, stopping=False) == agent_reply(5, stopping=True) == b"drain\n"
+        assert agent_reply(250, stopping=False) == b"ready 100%\n"
     finally:
         await runner.cleanup()

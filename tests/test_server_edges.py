@@ -311,3 +311,28 @@ async def test_a_session_whose_close_fails_still_gives_its_slot_back(server: Ava
     await caller.close()
     await asyncio.sleep(1.0)
     assert freed() is None
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+async def test_callers_behind_a_trusted_balancer_are_told_apart_by_x_forwarded_for(
+    catalog: AvatarCatalog, trusted: bool
+) -> None:
+    server, runner = await _serve(
+        catalog,
+        max_sessions=4,
+        admission="max-sessions",
+        max_connecting_per_address=1,
+        trusted_proxies=("127.0.0.1",) if trusted else (),
+    )
+    try:
+        statuses = []
+        async with aiohttp.ClientSession() as http:
+            for forwarded in ("198.51.100.7, 10.0.0.1", "10.0.0.2", "10.0.0.1"):  # offers never connect
+                body = json.dumps({"sdp": await _offer(), "type": "offer"})
+                headers = {"X-Forwarded-For": forwarded}
+                async with http.post(f"{server.url}offer", data=body, headers=headers) as response:
+                    statuses.append(response.status)
+        # the balancer's own entry (the last) counts; a forged first entry does not
+        assert statuses == ([200, 200, 429] if trusted else [200, 429, 429])
+    finally:
+        await runner.cleanup()  # type: ignore[attr-defined]
