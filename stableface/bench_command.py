@@ -23,6 +23,8 @@ BENCHMARKS = {
     "backends": "inference speed per backend, preset and chunk size",
     "prepare_speed": "speed of `stableface prepare`",
     "train_speed": "training speed and FLOPs per preset",
+    "calls": "repeated output slots as real WebRTC calls are added to one server",
+    "soak": "calls held for minutes: A/V drift, server memory, frames lost, calls alive",
 }
 
 

@@ -102,6 +102,22 @@ def test_latency_quick_times_every_stage_and_the_lips_over_webrtc(tmp_path: Path
     assert result_file.with_suffix(".md").read_text().startswith("# latency")
 
 
+def test_soak_quick_follows_a_call_window_by_window(tmp_path: Path) -> None:
+    module = _load("soak")
+    assert module.main(["--quick", "--results", str(tmp_path)]) == 0  # the bundled default avatar
+    [result_file] = tmp_path.glob("soak-*-quick.json")
+    result = json.loads(result_file.read_text())
+    [call] = result["calls"]
+    assert call["admitted"] and call["connected_at_end"]
+    assert len(call["windows"]) >= 2 and sum(w["onsets"] for w in call["windows"]) >= 5
+    assert all(w["frames_received"] > 0 and w["server_rss_mb"] > 100 for w in call["windows"])
+    assert call["av_offset_ms"] is not None and call["av_drift_ms"] is not None
+    assert 0 <= call["frames_lost"] <= 25 and call["frames_received"] >= 0.9 * call["server_frames_sent"]
+    assert 0 <= result["memory_spread"] < 0.5
+    assert result_file.with_suffix(".png").stat().st_size > 1000
+    assert result_file.with_suffix(".md").read_text().startswith("# soak")
+
+
 def test_throughput_quick_sweeps_sessions_batched_and_unbatched(tmp_path: Path) -> None:
     module = _load("throughput")
     assert module.main(["--quick", "--results", str(tmp_path)]) == 0  # the bundled default avatar
