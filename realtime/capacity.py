@@ -68,13 +68,16 @@ class AvatarLoad:
 
 def calls_supported(avatar: AvatarLoad, others: list[AvatarLoad], load_limit: float, hard_cap: int) -> int:
     """Most calls of ``avatar`` that fit beside the other avatars' calls under ``load_limit``
-    (at most ``hard_cap``), counting the ones it has."""
+    (at most ``hard_cap``), counting the ones it has. An idle server always takes one call: the
+    operator chose the machine, and a measurement taken under a passing load must not shut it."""
     busy = sum(other.load() for other in others)
     supported = 0
     while supported < hard_cap:
         if busy + render_load(avatar.cost, supported + 1, avatar.chunk_frames, avatar.max_batch) > load_limit:
             break
         supported += 1
+    if not any(other.calls for other in others):
+        supported = max(supported, min(1, hard_cap))
     return supported
 
 

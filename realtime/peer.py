@@ -128,6 +128,7 @@ class PeerSession:
         self.reason: str | None = None
         self.audio_frames_in = 0
         self._first_audio = asyncio.Event()
+        self._connected = asyncio.Event()
         self._connected_at: float | None = None
         self._last_audio = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -213,12 +214,9 @@ class PeerSession:
         The session's clock starts with the first audio that arrives (not with the answer, which
         comes before ICE and DTLS are up): input then arrives on time from the first frame on.
         """
-        while not self._first_audio.is_set():
-            if self.pc.connectionState == "connected":
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._first_audio.wait(), FIRST_AUDIO_WAIT_S)
-                break
-            await asyncio.sleep(0.02)
+        await self._connected.wait()  # the watchdog ends a call that never connects
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._first_audio.wait(), FIRST_AUDIO_WAIT_S)
         async for frame in self.session.frames():
             self.video.put(frame.index, frame.image)
             self.audio.put(frame.index, frame.audio)
@@ -259,7 +257,9 @@ class PeerSession:
         if self._disconnect_timer is not None:
             self._disconnect_timer.cancel()
             self._disconnect_timer = None
-        if state == "failed":
+        if state == "connected":
+            self._connected.set()
+        elif state == "failed":
             self.close_soon("ice failed")
         elif state == "closed":
             self.close_soon("hang-up")

@@ -36,7 +36,7 @@ from realtime.ice import IceServers
 from realtime.lb_agent import agent_reply, serve_agent
 from realtime.memory import collect_and_release, freeze_loaded_objects
 from realtime.metrics import ServerMetrics
-from realtime.peer import PeerSession, sessions_in_memory
+from realtime.peer import PeerSession, check_offer, sessions_in_memory
 from realtime.repeat_watch import WINDOW_S, CallCount, RepeatWatch
 from realtime.settings import ServerSettings
 
@@ -94,6 +94,16 @@ class AvatarServer:
             for engine in catalog.engines.values():
                 if engine.scheduler.cost.batches == 0:  # not measured yet (a catalog may serve twice)
                     probe_batch_cost(engine)
+            for name, engine in catalog.engines.items():
+                one = AvatarLoad.of(engine, 1).load()
+                if one > self.load_limit:
+                    logger.warning(
+                        "avatar %s: one call takes %.0f%% of the render device here (limit %.0f%%); it is "
+                        "admitted alone, but may not keep real time",
+                        name,
+                        100 * one,
+                        100 * self.load_limit,
+                    )
         self.started = time.monotonic()
         self.app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._errors_as_json])
         self.app.router.add_get("/", self._index)
@@ -224,6 +234,11 @@ class AvatarServer:
         except InputError as exc:
             rejected.labels("unknown avatar").inc()
             raise Refused(404, str(exc), avatars=list(self.catalog.engines)) from None
+        try:  # a broken offer is the client's to fix, whatever the load
+            check_offer(body["sdp"], str(body.get("type")))
+        except InputError as exc:
+            rejected.labels("bad sdp").inc()
+            raise Refused(400, str(exc)) from None
         if len(self.sessions) + len(self._answering) >= self.settings.max_sessions:
             rejected.labels("full").inc()
             raise Refused(503, f"the server is full ({self.settings.max_sessions} sessions); try again later")

@@ -444,4 +444,5 @@ class StreamingSession:
         self._pending.clear()
         self._stream = None
         self._log = _SampleLog()
-        release_freed_memory()
+        # malloc_trim walks the whole heap: off the event loop, which other calls share
+        await asyncio.get_running_loop().run_in_executor(None, release_freed_memory)

@@ -47,6 +47,9 @@ def test_calls_supported_share_one_device_between_avatars() -> None:
     busy = AvatarLoad(_cost(fixed_ms=8, per_row_ms=0), chunk_frames=2, max_batch=8, calls=8)  # 0.1
     assert calls_supported(cpu_like, [busy], load_limit=0.45, hard_cap=16) == 1
     assert calls_supported(cpu_like, [busy, busy, busy], load_limit=0.45, hard_cap=16) == 0
+    slow = AvatarLoad(_cost(fixed_ms=20, per_row_ms=20), chunk_frames=1, max_batch=4, calls=0)  # 1 call: 1.0
+    assert calls_supported(slow, [], load_limit=0.45, hard_cap=16) == 1  # an idle server takes one
+    assert calls_supported(slow, [busy], load_limit=0.45, hard_cap=16) == 0  # but not beside others
 
 
 def test_the_repeat_watch_judges_settled_calls_over_its_window() -> None:
