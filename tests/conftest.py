@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+if TYPE_CHECKING:
+    from realtime.avatars import AvatarCatalog
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -58,3 +63,17 @@ def _train_tiny(dataset: Path, out: Path, steps: int) -> Path:
 def tiny_avatar(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A `tiny` avatar bundle trained briefly (30 steps per stage) on the synthetic dataset."""
     return _train_tiny(synthetic_dataset, tmp_path_factory.mktemp("tiny_avatar") / "avatar", 30)
+
+
+@pytest.fixture(scope="session")
+def catalog() -> Iterator[AvatarCatalog]:
+    """The bundled default avatar as avatar ``face`` (trained, so its rendered mouth follows the
+    speech), loaded once for the server tests, batching up to 4 calls."""
+    from engines.bundle import DEFAULT_AVATAR_DIR
+    from realtime.avatars import AvatarCatalog, AvatarSpec
+
+    loaded = AvatarCatalog.load(
+        [AvatarSpec.parse(f"face={DEFAULT_AVATAR_DIR}")], "onnxruntime-cpu", max_batch=4
+    )
+    yield loaded
+    loaded.close()

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 
 import aiohttp
 import pytest
 from aiortc import RTCPeerConnection
 from speech_signals import speech_with_pauses
 
-from engines.bundle import DEFAULT_AVATAR_DIR
-from realtime.avatars import AvatarCatalog, AvatarSpec
+from realtime.avatars import AvatarCatalog
 from realtime.batch_cost import BatchCost
 from realtime.capacity import AvatarLoad, calls_supported, render_load
 from realtime.client import ArrayAudioTrack, AvatarClient
@@ -70,15 +68,6 @@ def test_the_repeat_watch_judges_settled_calls_over_its_window() -> None:
             float(second), [CallCount("steady", 10.0 + second, 300 + 25 * (second - 12), 5 * (second - 12))]
         )
     assert watch.repeated_share() == pytest.approx(0.2)
-
-
-@pytest.fixture(scope="module")
-def catalog() -> Iterator[AvatarCatalog]:
-    loaded = AvatarCatalog.load(
-        [AvatarSpec.parse(f"face={DEFAULT_AVATAR_DIR}")], "onnxruntime-cpu", max_batch=4
-    )
-    yield loaded
-    loaded.close()
 
 
 async def _offer_body() -> str:

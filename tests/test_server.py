@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import numpy as np
@@ -13,8 +13,7 @@ import pytest
 from aiortc import RTCPeerConnection
 from speech_signals import calibrated_probe, envelope_per_frame, speech_with_pauses
 
-from engines.bundle import DEFAULT_AVATAR_DIR
-from realtime.avatars import AvatarCatalog, AvatarSpec
+from realtime.avatars import AvatarCatalog
 from realtime.client import ArrayAudioTrack, AvatarClient, ClientRecording, OfferRefused
 from realtime.mouth_probe import MouthProbe
 from realtime.server import MAX_BODY_BYTES, AvatarServer
@@ -23,16 +22,6 @@ from realtime.settings import PeerTimeouts, ServerSettings
 pytestmark = pytest.mark.realtime
 
 CALL_PATTERN = [("silence", 1.0), ("speech", 2.0), ("silence", 1.5), ("speech", 2.0), ("silence", 1.5)]
-
-
-@pytest.fixture(scope="module")
-def catalog() -> Iterator[AvatarCatalog]:
-    """The bundled default avatar: trained, so its rendered pixels follow the mouth."""
-    loaded = AvatarCatalog.load(
-        [AvatarSpec.parse(f"face={DEFAULT_AVATAR_DIR}")], "onnxruntime-cpu", max_batch=4
-    )
-    yield loaded
-    loaded.close()
 
 
 @pytest.fixture(scope="module")

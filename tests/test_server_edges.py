@@ -13,30 +13,20 @@ import logging
 import re
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 from aiortc import RTCPeerConnection
 from speech_signals import speech_with_pauses
 
-from engines.bundle import DEFAULT_AVATAR_DIR
-from realtime.avatars import AvatarCatalog, AvatarSpec
+from realtime.avatars import AvatarCatalog
 from realtime.client import ArrayAudioTrack, AvatarClient
 from realtime.server import AvatarServer
 from realtime.settings import PeerTimeouts, ServerSettings
 
 pytestmark = pytest.mark.realtime
 CONNECTING_PER_ADDRESS = 2
-
-
-@pytest.fixture(scope="module")
-def catalog() -> Iterator[AvatarCatalog]:
-    loaded = AvatarCatalog.load(
-        [AvatarSpec.parse(f"face={DEFAULT_AVATAR_DIR}")], "onnxruntime-cpu", max_batch=4
-    )
-    yield loaded
-    loaded.close()
 
 
 async def _serve(catalog: AvatarCatalog, **settings: object) -> tuple[AvatarServer, object]:
