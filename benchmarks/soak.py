@@ -260,17 +260,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=1, help="calls offered at once")
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--window-s", type=float, default=20.0, help="analysis window")
-    parser.add_argument("--quick", action="store_true", help="one call of 12 s in 5 s windows")
+    parser.add_argument("--quick", action="store_true", help="one call of 9 s in 4 s windows")
     common.add_output_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
-        args.calls, args.minutes, args.window_s = 1, 12 / 60, 5.0
+        args.calls, args.minutes, args.window_s = 1, 9 / 60, 4.0
     if args.calls < 1 or args.minutes <= 0 or args.window_s <= KEEP_S:
         parser.error(f"--calls ≥ 1, --minutes > 0 and --window-s > {KEEP_S:g} are needed")
     avatar = common.bench_avatar(args.avatar)
     engine = AvatarEngine.load(avatar, args.backend)
     try:
-        probe = MouthProbe.calibrate(engine, synthesize_speech(CALIBRATION_SEED, 10).audio)
+        calibration = synthesize_speech(CALIBRATION_SEED, 4 if args.quick else 10).audio
+        probe = MouthProbe.calibrate(engine, calibration)
     finally:
         engine.close()
     arguments = ["--avatar", f"bench={avatar}", "--backend", args.backend, "--max-sessions", str(args.calls)]
