@@ -377,7 +377,6 @@ class AvatarServer:
             logger.info("idle: freed %d objects of the ended calls in %.0f ms", collected, took_ms)
 
     async def _on_startup(self, app: web.Application) -> None:
-        freeze_loaded_objects()
         loop = asyncio.get_running_loop()
         self._background = [
             loop.create_task(self.metrics.watch_event_loop()),
@@ -456,6 +455,7 @@ class AvatarServer:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
+        freeze_loaded_objects()  # this process is the server's own (an embedding app's objects are not ours)
         runner = await self.start()
         if ready is not None:
             ready(self.url)
