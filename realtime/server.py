@@ -29,15 +29,15 @@ from aiohttp.abc import AbstractAccessLogger
 from aiortc import RTCConfiguration, RTCSessionDescription
 
 from engines.errors import InputError
+from realtime.admission import Admission
 from realtime.avatars import AvatarCatalog
-from realtime.capacity import AvatarLoad, calls_supported, load_limit_for, probe_batch_cost
 from realtime.http_input import Refused, bearer_matches, read_json_object
 from realtime.ice import IceServers
 from realtime.lb_agent import agent_reply, serve_agent
 from realtime.memory import collect_and_release, freeze_loaded_objects
 from realtime.metrics import ServerMetrics
 from realtime.peer import PeerSession, check_offer, sessions_in_memory
-from realtime.repeat_watch import WINDOW_S, CallCount, RepeatWatch
+from realtime.repeat_watch import CallCount
 from realtime.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,6 @@ WEB_CLIENT_DIR = Path(__file__).resolve().parents[1] / "web_client"
 MAX_BODY_BYTES = 64 * 1024  # an SDP offer is a few kB
 FULL_RETRY_AFTER_S = 10
 IDLE_COLLECT_DELAY_S = 0.5  # after the last call ends, free its memory
-REPEATED_LIMIT = 0.01  # calls repeating more of their slots than this are not keeping real time
 WATCH_INTERVAL_S = 1.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -87,23 +86,7 @@ class AvatarServer:
         self.sessions: set[PeerSession] = set()
         self._answering: set[PeerSession] = set()  # offers being answered: they hold a slot
         self._stopping = False
-        self.repeats = RepeatWatch()
-        device = str(next(iter(catalog.engines.values())).backend.device)
-        self.load_limit = settings.load_limit or load_limit_for(device)
-        if settings.admission == "measured":
-            for engine in catalog.engines.values():
-                if engine.scheduler.cost.batches == 0:  # not measured yet (a catalog may serve twice)
-                    probe_batch_cost(engine)
-            for name, engine in catalog.engines.items():
-                one = AvatarLoad.of(engine, 1).load()
-                if one > self.load_limit:
-                    logger.warning(
-                        "avatar %s: one call takes %.0f%% of the render device here (limit %.0f%%); it is "
-                        "admitted alone, but may not keep real time",
-                        name,
-                        100 * one,
-                        100 * self.load_limit,
-                    )
+        self.admission = Admission(catalog, settings)  # measures the avatars' render cost
         self.started = time.monotonic()
         self.app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._errors_as_json])
         self.app.router.add_get("/", self._index)
@@ -181,11 +164,7 @@ class AvatarServer:
                 "avatars": list(self.catalog.engines),
                 "uptime_s": round(time.monotonic() - self.started, 1),
                 "max_event_loop_lag_ms": round(self.metrics.max_loop_lag_ms, 1),
-                "admission": self.settings.admission,
-                "render_load": round(self._render_load(), 3),
-                "recent_repeated_share": round(self.repeats.repeated_share(), 4),
-                "headroom": self.capacity()[self.catalog.default]["headroom"],
-                "capacity": self.capacity(),
+                **self.admission.health(self._calls(), self.catalog.default),
             }
         )
 
@@ -193,7 +172,7 @@ class AvatarServer:
         if not self._authorised(request):
             return _json_error(401, "missing or wrong bearer token")
         self.metrics.sessions_active.set(len(self.sessions))
-        self._update_capacity_metrics()
+        self.admission.update_metrics(self.metrics, self._calls())
         return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
 
     async def _offer(self, request: web.Request) -> web.Response:
@@ -242,7 +221,7 @@ class AvatarServer:
         if len(self.sessions) + len(self._answering) >= self.settings.max_sessions:
             rejected.labels("full").inc()
             raise Refused(503, f"the server is full ({self.settings.max_sessions} sessions); try again later")
-        refusal = self._over_capacity(avatar or self.catalog.default)
+        refusal = self.admission.refusal(avatar or self.catalog.default, self._calls())
         if refusal is not None:
             rejected.labels("capacity").inc()
             raise Refused(503, refusal)
@@ -287,6 +266,10 @@ class AvatarServer:
 
     # ------------------------------------------------------------------ capacity
 
+    def headroom(self) -> int:
+        """How many more calls of the default avatar the server would admit now."""
+        return self.admission.capacity(self._calls())[self.catalog.default]["headroom"]
+
     def _calls(self) -> dict[str, int]:
         """Admitted calls (connected or connecting) by avatar."""
         calls = dict.fromkeys(self.catalog.engines, 0)
@@ -294,73 +277,19 @@ class AvatarServer:
             calls[session.avatar] = calls.get(session.avatar, 0) + 1
         return calls
 
-    def _loads(self) -> dict[str, AvatarLoad]:
-        calls = self._calls()
-        return {name: AvatarLoad.of(engine, calls[name]) for name, engine in self.catalog.engines.items()}
-
-    def _render_load(self) -> float:
-        return sum(load.load() for load in self._loads().values())
-
-    def capacity(self) -> dict[str, dict[str, int]]:
-        """Per avatar: its admitted calls, how many it can have in real time beside the other
-        avatars' calls, and how many more it would admit (``max_sessions`` bounds all three)."""
-        loads = self._loads()
-        total = sum(load.calls for load in loads.values())
-        report = {}
-        for name, load in loads.items():
-            others = [other for key, other in loads.items() if key != name]
-            cap = self.settings.max_sessions - (total - load.calls)
-            supported = (
-                cap
-                if self.settings.admission == "max-sessions"
-                else calls_supported(load, others, self.load_limit, cap)
-            )
-            report[name] = {
-                "calls": load.calls,
-                "supported": supported,
-                "headroom": max(0, supported - load.calls),
-            }
-        return report
-
-    def _over_capacity(self, avatar: str) -> str | None:
-        """Why a call of ``avatar`` cannot be admitted now (None: it can)."""
-        if self.settings.admission != "measured":
-            return None
-        share = self.repeats.repeated_share()
-        if share > REPEATED_LIMIT:
-            return (
-                f"the calls here are already falling behind real time ({100 * share:.1f}% of their frames "
-                f"repeated over the last {WINDOW_S:g} s); try again later"
-            )
-        report = self.capacity()[avatar]
-        if report["headroom"] == 0:
-            return (
-                f"avatar {avatar!r}: this machine carries {report['supported']} such calls in real time "
-                f"beside the others and has {report['calls']}; try again later"
-            )
-        return None
-
     async def _watch_calls(self) -> None:
         """Once a second: the calls' repeated frames, and the capacity gauges."""
         while True:
             await asyncio.sleep(WATCH_INTERVAL_S)
             now = time.monotonic()
-            self.repeats.sample(
+            self.admission.repeats.sample(
                 now,
                 [
                     CallCount(s, now - s.started, s.session.stats.frames_out, s.session.stats.frames_skipped)
                     for s in self.sessions
                 ],
             )
-            self._update_capacity_metrics()
-
-    def _update_capacity_metrics(self) -> None:
-        metrics = self.metrics
-        for name, report in self.capacity().items():
-            metrics.capacity_calls.labels(name).set(report["supported"])
-            metrics.headroom_calls.labels(name).set(report["headroom"])
-        metrics.render_load.set(self._render_load())
-        metrics.recent_repeated_share.set(self.repeats.repeated_share())
+            self.admission.update_metrics(self.metrics, self._calls())
 
     def _session_closed(self, session: PeerSession, reason: str) -> None:
         if session in self.sessions:
@@ -439,7 +368,7 @@ class AvatarServer:
             self._agent = await serve_agent(
                 self.settings.host,
                 self.settings.agent_port,
-                lambda: agent_reply(self.capacity()[self.catalog.default]["headroom"], self._stopping),
+                lambda: agent_reply(self.headroom(), self._stopping),
             )
         except OSError as exc:
             await runner.cleanup()

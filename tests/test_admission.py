@@ -93,7 +93,7 @@ async def test_a_server_admits_the_calls_its_measured_cost_carries_and_refuses_t
     cost = catalog.get("face").scheduler.cost
     assert cost.batches > 0 and cost.predict(4) > cost.predict(1) > 0, "measured on the CPU: rows cost"
     one, two = (render_load(cost, n, 1, 4) for n in (1, 2))
-    server.load_limit = (one + two) / 2  # room for exactly one call
+    server.admission.load_limit = (one + two) / 2  # room for exactly one call
     runner = await server.start()
     audio, _ = speech_with_pauses(6, [("speech", 3.0)])
     first = AvatarClient(server.url, ArrayAudioTrack(audio, 16_000))
@@ -132,7 +132,7 @@ async def test_calls_already_falling_behind_refuse_new_ones(catalog: AvatarCatal
     try:
         # what the server's once-a-second watch would have seen of a call repeating 4% of its slots
         for second in range(4):
-            server.repeats.sample(float(second), [CallCount("call", 10.0 + second, 25 * second, second)])
+            server.admission.repeats.sample(float(second), [CallCount("call", 10.0 + second, 25 * second, second)])
         async with aiohttp.ClientSession() as http:
             async with http.post(f"{server.url}offer", data=await _offer_body()) as response:
                 refused = await response.json()
