@@ -132,7 +132,9 @@ async def test_calls_already_falling_behind_refuse_new_ones(catalog: AvatarCatal
     try:
         # what the server's once-a-second watch would have seen of a call repeating 4% of its slots
         for second in range(4):
-            server.admission.repeats.sample(float(second), [CallCount("call", 10.0 + second, 25 * second, second)])
+            server.admission.repeats.sample(
+                float(second), [CallCount("call", 10.0 + second, 25 * second, second)]
+            )
         async with aiohttp.ClientSession() as http:
             async with http.post(f"{server.url}offer", data=await _offer_body()) as response:
                 refused = await response.json()
