@@ -8,6 +8,7 @@ import functools
 import gc
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,17 @@ def release_freed_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+@functools.cache
+def _trimmer() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="stableface-trim")
+
+
+def release_freed_memory_soon() -> None:
+    """``release_freed_memory`` on a background thread: it walks the whole heap, and the caller
+    (the event loop, which other calls share) goes on at once."""
+    _trimmer().submit(release_freed_memory)
 
 
 def collect_and_release() -> tuple[int, float]:

@@ -38,7 +38,7 @@ from engines.errors import InputError
 from engines.timebase import FRAME_MS, SAMPLE_RATE_HZ, SAMPLES_PER_FRAME
 from realtime.audio_input import AudioInput
 from realtime.engine import AvatarEngine
-from realtime.memory import release_freed_memory
+from realtime.memory import release_freed_memory_soon
 from realtime.render_scheduler import DueChunk
 from realtime.settings import StreamSettings
 from realtime.stream import AvatarStream, StreamFrame
@@ -444,5 +444,4 @@ class StreamingSession:
         self._pending.clear()
         self._stream = None
         self._log = _SampleLog()
-        # malloc_trim walks the whole heap: off the event loop, which other calls share
-        await asyncio.get_running_loop().run_in_executor(None, release_freed_memory)
+        release_freed_memory_soon()
