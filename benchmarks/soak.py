@@ -6,7 +6,8 @@ onsets (``benchmarks/signals.py``) and record what comes back. Every ``--window-
 frames and audio of the window are analysed as the latency benchmark does (``lip_timing``: the
 mouth probe finds the lips of each onset, envelope cross-correlation its returned sound) and
 dropped, so a 30-minute call needs the memory of one window. Per window: the A/V offset of its
-onsets (lips-out minus sound-out), audio-in to lips-out, frames received, and the server's RSS.
+onsets (lips-out minus sound-out), audio-in to lips-out, frames received, and the RSS of the server
+with its render workers.
 
 Reported per call: the A/V offset drift (median of the last ``DRIFT_WINDOWS`` windows minus the
 first's), frames received against the server's sent count (lost on the way) and its repeated
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import sys
 import time
 from pathlib import Path
@@ -41,19 +41,13 @@ from offline_training.synthetic.speech import synthesize_speech
 from realtime.client import ArrayAudioTrack, AvatarClient, ClientRecording, OfferRefused
 from realtime.engine import AvatarEngine
 from realtime.mouth_probe import MouthProbe
-from realtime.serve_process import serve_in_process
+from realtime.serve_process import process_tree_rss_mb, serve_in_process
 
 CALIBRATION_SEED = 101
 KEEP_S = 2.0  # media kept from one window into the next: the lips and sound of its last onsets
 DRIFT_WINDOWS = 6  # windows averaged at each end for the drift
 TARGET_DRIFT_MS = 10.0
 TARGET_MEMORY_SPREAD = 0.05
-
-
-def server_rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
-    return int(match.group(1)) / 1024 if match else float("nan")
 
 
 def window_signal(signal: TestSignal, start_s: float, end_s: float) -> TestSignal:
@@ -136,7 +130,7 @@ async def soak(
     while time.monotonic() - started < seconds + KEEP_S + 1:
         await asyncio.sleep(window_s)
         now = time.monotonic()
-        rss = server_rss_mb(pid)
+        rss = process_tree_rss_mb(pid)
         memory.append((now - started, rss))
         for call in soakers:
             window = call.take_window(now)

@@ -27,6 +27,7 @@ class BatchCost:
     _seconds: float = 0.0
     _spread: float = 0.0  # running variance of rows
     _covariance: float = 0.0  # running covariance of rows and seconds
+    _slope: float = 0.0  # the last slope the batches identified
 
     def observe(self, rows: int, seconds: float) -> None:
         """Add one batch of ``rows`` sessions that took ``seconds``."""
@@ -37,13 +38,16 @@ class BatchCost:
         self._seconds += weight * second_step
         self._spread = (1 - weight) * (self._spread + weight * row_step * row_step)
         self._covariance = (1 - weight) * (self._covariance + weight * row_step * second_step)
+        if self._spread >= MIN_SPREAD:
+            self._slope = max(0.0, self._covariance / self._spread)
 
     @property
     def per_row_s(self) -> float:
-        """What one more session adds to a batch (0 until two sizes were seen)."""
-        if self._spread < MIN_SPREAD:
-            return 0.0
-        return max(0.0, self._covariance / self._spread)
+        """What one more session adds to a batch (0 until two sizes were seen). While the batches
+        keep one size (one call for minutes), the spread decays and the slope is not identifiable
+        from them: the last identified slope stays (forgetting it would make rows look free, and
+        admission admit calls the device cannot carry)."""
+        return self._slope
 
     @property
     def fixed_s(self) -> float:

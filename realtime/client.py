@@ -94,6 +94,7 @@ class ClientRecording:
     audio_rate_hz: int = 48_000
     stats: list[dict[str, Any]] = field(default_factory=list)
     rtt_ms: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # why the server ended the call, if it said
 
 
 class OfferRefused(Exception):
@@ -213,6 +214,8 @@ class AvatarClient:
             self.recording.rtt_ms.append(1000 * (time.monotonic() - self._pings.pop(data["id"])))
         elif data.get("type") == "stats":
             self.recording.stats.append(data)
+        elif data.get("type") == "error":
+            self.recording.errors.append(str(data.get("reason")))
 
     def ping(self) -> None:
         """Send a ping; the round trip lands in ``recording.rtt_ms``."""

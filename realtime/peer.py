@@ -1,8 +1,10 @@
 """One WebRTC call: a browser's (or any peer's) audio in, the avatar's video and delayed audio out.
 
-A ``PeerSession`` owns an aiortc ``RTCPeerConnection`` and a ``StreamingSession``. Tasks: one
-reads the remote audio track into the session, one pumps the session's paced output into the
-video and audio tracks, one sends stats over the data channel once a second. Any ending — hang-up,
+A ``PeerSession`` owns an aiortc ``RTCPeerConnection`` and the call's ``RemoteSession`` (its
+streaming session runs in a render worker process). Tasks: one reads the remote audio track into
+the session, one pumps the session's paced output into the video and audio tracks, one sends
+stats over the data channel once a second. A call whose render worker dies ends with the reason
+"render worker died", told to the client over the data channel first. Any ending — hang-up,
 ICE failure, a peer that vanishes, a timeout, server shutdown — goes through ``close``, which is
 idempotent and frees everything; a failure inside one session never reaches another.
 """
@@ -24,12 +26,12 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import SessionDescription
 
 from engines.errors import InputError
-from realtime.engine import AvatarEngine
 from realtime.metrics import ServerMetrics
+from realtime.remote_session import RemoteSession, RenderFailed, RenderWorkerLost
 from realtime.rtp_buffers import use_prompt_jitter_buffers
-from realtime.session import StreamingSession
 from realtime.settings import PeerTimeouts
 from realtime.webrtc_tracks import AvatarVideoTrack, DelayedAudioTrack, audio_frame_samples
+from realtime.worker_messages import AvatarInfo
 
 logger = logging.getLogger(__name__)
 CLOSE_STEP_TIMEOUT_S = 5.0
@@ -91,8 +93,8 @@ class PeerSession:
     """A call between one peer and one avatar.
 
     Args:
-        engine: the avatar chosen by the client.
-        avatar: its name (logs and stats).
+        session: the call's streaming session, opened on a render worker (closed with the call).
+        avatar: the avatar chosen by the client.
         configuration: ICE servers for this peer connection.
         metrics: the server's metrics.
         timeouts: when to give up the call.
@@ -102,25 +104,23 @@ class PeerSession:
 
     def __init__(
         self,
-        engine: AvatarEngine,
-        avatar: str,
+        session: RemoteSession,
+        avatar: AvatarInfo,
         configuration: RTCConfiguration,
         metrics: ServerMetrics,
         timeouts: PeerTimeouts,
         on_closed: Callable[[PeerSession, str], None],
         address: str = "?",
     ) -> None:
-        self.id = f"{avatar}-{id(self):x}"
+        self.id = f"{avatar.name}-{id(self):x}"
         self.address = address
-        self.avatar = avatar
-        self.engine = engine
+        self.avatar = avatar.name
+        self.info = avatar
         self.metrics = metrics
         self.timeouts = timeouts
         self._on_closed = on_closed
         self.pc = RTCPeerConnection(configuration)
-        self.session = StreamingSession(
-            engine, paced=True, on_stage_ms=lambda stage, ms: metrics.stage_ms.labels(stage).observe(ms)
-        )
+        self.session = session
         self.video = AvatarVideoTrack()
         self.audio = DelayedAudioTrack()
         self.channel: RTCDataChannel | None = None
@@ -133,6 +133,7 @@ class PeerSession:
         self._last_audio = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing: asyncio.Task[None] | None = None
+        self._closed = asyncio.Event()
         self._disconnect_timer: asyncio.TimerHandle | None = None
         _IN_MEMORY.add(self)
 
@@ -217,10 +218,15 @@ class PeerSession:
         await self._connected.wait()  # the watchdog ends a call that never connects
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._first_audio.wait(), FIRST_AUDIO_WAIT_S)
-        async for frame in self.session.frames():
-            self.video.put(frame.index, frame.image)
-            self.audio.put(frame.index, frame.audio)
-            self.metrics.frame_sent(frame.skipped, self.session.stats.lag_ms)
+        try:
+            async for frame in self.session.frames():
+                self.video.put(frame.index, frame.image)
+                self.audio.put(frame.index, frame.audio)
+                self.metrics.frame_sent(frame.skipped, self.session.stats.lag_ms)
+        except (RenderWorkerLost, RenderFailed) as exc:
+            self._send({"type": "error", "reason": str(exc)})
+            self.close_soon(str(exc))
+            return
         self.video.finish()
         self.audio.finish()
 
@@ -315,7 +321,7 @@ class PeerSession:
             "lag_ms": snapshot["lag_ms"],
             "audio_frames_in": self.audio_frames_in,
             "stage_ms": snapshot["stage_ms"],
-            "backend": self.engine.backend.name,
+            "backend": self.info.backend,
             "uptime_s": round(time.monotonic() - self.started, 1),
         }
 
@@ -327,8 +333,9 @@ class PeerSession:
             self._closing = asyncio.get_running_loop().create_task(self.close(reason))
 
     async def close(self, reason: str) -> None:
-        """End the call and free its state (idempotent)."""
+        """End the call and free its state (idempotent: a second caller waits for the first)."""
         if self.reason is not None:
+            await self._closed.wait()
             return
         self.reason = reason
         if self._disconnect_timer is not None:
@@ -344,10 +351,11 @@ class PeerSession:
                     await self._close_step(f"task {task.get_name()}", task)
             self.video.stop()
             self.audio.stop()
-            await self._close_step("the peer connection", self.pc.close())
             await self._close_step("the streaming session", self.session.close())
+            await self._close_step("the peer connection", self.pc.close())
         finally:
             logger.info("session %s ended: %s", self.id, reason)
+            self._closed.set()
             self._on_closed(self, reason)
 
     async def _close_step(self, what: str, step: Awaitable[Any]) -> None:

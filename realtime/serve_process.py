@@ -16,6 +16,33 @@ from pathlib import Path
 from engines.errors import StableFaceError
 
 URL_PATTERN = re.compile(r"(http://127\.0\.0\.1:\d+/)")
+RSS_PATTERN = re.compile(r"^VmRSS:\s+(\d+) kB", re.M)
+
+
+def _children(pid: int) -> list[int]:
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:  # the thread has ended
+            continue
+    return children
+
+
+def process_tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants (a server and its render workers),
+    in MiB, from Linux's ``/proc`` (nan where the process is gone)."""
+    total_kb, found, pending = 0, False, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            match = RSS_PATTERN.search(Path(f"/proc/{current}/status").read_text())
+        except OSError:  # it has just exited
+            continue
+        found = True
+        total_kb += int(match.group(1)) if match else 0
+        pending += _children(current)
+    return total_kb / 1024 if found else float("nan")
 
 
 @dataclass

@@ -30,15 +30,16 @@ from aiortc import RTCConfiguration, RTCSessionDescription
 
 from engines.errors import InputError
 from realtime.admission import Admission
-from realtime.avatars import AvatarCatalog
 from realtime.http_input import Refused, bearer_matches, read_json_object
 from realtime.ice import IceServers
 from realtime.lb_agent import agent_reply, serve_agent
 from realtime.memory import collect_and_release, freeze_loaded_objects
 from realtime.metrics import ServerMetrics
 from realtime.peer import PeerSession, check_offer, sessions_in_memory
+from realtime.remote_session import RenderWorkerLost
 from realtime.repeat_watch import CallCount
 from realtime.settings import ServerSettings
+from realtime.worker_pool import RenderPool
 
 logger = logging.getLogger(__name__)
 
@@ -71,22 +72,25 @@ class AvatarServer:
     """The aiohttp application and the calls it runs.
 
     Args:
-        catalog: the loaded avatars.
+        pool: the render workers, with the avatars loaded (the server does not own them: whoever
+            started them stops them, after the server).
         settings: limits, token, ICE servers.
     """
 
-    def __init__(self, catalog: AvatarCatalog, settings: ServerSettings) -> None:
-        self.catalog = catalog
+    def __init__(self, pool: RenderPool, settings: ServerSettings) -> None:
+        self.pool = pool
         self.settings = settings
         self.metrics = ServerMetrics()
         self.metrics.sessions_max.set(settings.max_sessions)
-        for name, engine in catalog.engines.items():
-            self.metrics.pipeline_latency_ms.labels(name).set(engine.latency_ms)
+        for name, info in pool.avatars.items():
+            self.metrics.pipeline_latency_ms.labels(name).set(info.latency_ms)
+        self._observe_stage = lambda stage, ms: self.metrics.stage_ms.labels(stage).observe(ms)
+        pool.observe_stages(self._observe_stage)
         self.ice = IceServers.parse(settings.ice_servers, settings.turn_secret, settings.turn_ttl_s)
         self.sessions: set[PeerSession] = set()
         self._answering: set[PeerSession] = set()  # offers being answered: they hold a slot
         self._stopping = False
-        self.admission = Admission(catalog, settings)  # measures the avatars' render cost
+        self.admission = Admission(pool, settings)
         self.started = time.monotonic()
         self.app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._errors_as_json])
         self.app.router.add_get("/", self._index)
@@ -147,7 +151,7 @@ class AvatarServer:
     async def _config(self, request: web.Request) -> web.Response:
         return web.json_response(
             {
-                "avatars": self.catalog.describe(),
+                "avatars": self.pool.describe(),
                 "ice_servers": self.ice.for_client(self._authorised(request)),
                 "token_required": self.settings.token is not None,
                 "max_sessions": self.settings.max_sessions,
@@ -161,10 +165,10 @@ class AvatarServer:
                 "sessions": len(self.sessions),
                 "sessions_in_memory": sessions_in_memory(),
                 "max_sessions": self.settings.max_sessions,
-                "avatars": list(self.catalog.engines),
+                "avatars": list(self.pool.avatars),
                 "uptime_s": round(time.monotonic() - self.started, 1),
                 "max_event_loop_lag_ms": round(self.metrics.max_loop_lag_ms, 1),
-                **self.admission.health(self._calls(), self.catalog.default),
+                **self.admission.health(),
             }
         )
 
@@ -172,7 +176,7 @@ class AvatarServer:
         if not self._authorised(request):
             return _json_error(401, "missing or wrong bearer token")
         self.metrics.sessions_active.set(len(self.sessions))
-        self.admission.update_metrics(self.metrics, self._calls())
+        self.admission.update_metrics(self.metrics)
         return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
 
     async def _offer(self, request: web.Request) -> web.Response:
@@ -209,10 +213,10 @@ class AvatarServer:
             rejected.labels("malformed").inc()
             raise Refused(400, '"avatar" must be a name')
         try:
-            engine = self.catalog.get(avatar)
+            info = self.pool.get(avatar)
         except InputError as exc:
             rejected.labels("unknown avatar").inc()
-            raise Refused(404, str(exc), avatars=list(self.catalog.engines)) from None
+            raise Refused(404, str(exc), avatars=list(self.pool.avatars)) from None
         try:  # a broken offer is the client's to fix, whatever the load
             check_offer(body["sdp"], str(body.get("type")))
         except InputError as exc:
@@ -221,18 +225,23 @@ class AvatarServer:
         if len(self.sessions) + len(self._answering) >= self.settings.max_sessions:
             rejected.labels("full").inc()
             raise Refused(503, f"the server is full ({self.settings.max_sessions} sessions); try again later")
-        refusal = self.admission.refusal(avatar or self.catalog.default, self._calls())
-        if refusal is not None:
+        worker = self.admission.choose(info.name)
+        if isinstance(worker, str):
             rejected.labels("capacity").inc()
-            raise Refused(503, refusal)
+            raise Refused(503, worker)
         address = self._caller_address(request)
         pending = [s for s in self.sessions | self._answering if s.address == address and not s.connected]
         if len(pending) >= self.settings.max_connecting_per_address:
             rejected.labels("pending").inc()
             raise Refused(429, f"{len(pending)} calls from this address are still connecting; wait for them")
+        try:
+            remote = worker.open_call(info.name)
+        except RenderWorkerLost as exc:  # it died since it was chosen
+            rejected.labels("capacity").inc()
+            raise Refused(503, f"{exc}; try again in a few seconds") from None
         session = PeerSession(
-            engine,
-            avatar or self.catalog.default,
+            remote,
+            info,
             RTCConfiguration(iceServers=self.ice.for_call()),
             self.metrics,
             self.settings.timeouts,
@@ -268,14 +277,7 @@ class AvatarServer:
 
     def headroom(self) -> int:
         """How many more calls of the default avatar the server would admit now."""
-        return self.admission.capacity(self._calls())[self.catalog.default]["headroom"]
-
-    def _calls(self) -> dict[str, int]:
-        """Admitted calls (connected or connecting) by avatar."""
-        calls = dict.fromkeys(self.catalog.engines, 0)
-        for session in self.sessions | self._answering:
-            calls[session.avatar] = calls.get(session.avatar, 0) + 1
-        return calls
+        return self.admission.capacity()[self.pool.default]["headroom"]
 
     async def _watch_calls(self) -> None:
         """Once a second: the calls' repeated frames, and the capacity gauges."""
@@ -289,7 +291,7 @@ class AvatarServer:
                     for s in self.sessions
                 ],
             )
-            self.admission.update_metrics(self.metrics, self._calls())
+            self.admission.update_metrics(self.metrics)
 
     def _session_closed(self, session: PeerSession, reason: str) -> None:
         if session in self.sessions:
@@ -319,6 +321,7 @@ class AvatarServer:
         for task in self._background:
             task.cancel()
         await self.close_sessions("server shutdown")
+        self.pool.stop_observing(self._observe_stage)
 
     async def close_sessions(self, reason: str) -> None:
         """End every call, those being answered included (graceful shutdown)."""

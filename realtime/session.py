@@ -209,8 +209,17 @@ class StreamingSession:
         """
         if self._ended or self._closed:
             raise InputError("push_audio after the input ended")
-        converted = self._input.convert(samples, sample_rate_hz)
-        self._accept(converted)
+        self.push_converted(self._input.convert(samples, sample_rate_hz))
+
+    def push_converted(self, samples: FloatArray) -> None:
+        """Queue 16 kHz mono float32 samples (S,) converted elsewhere (a render worker's calls).
+
+        Raises:
+            InputError: the input was already ended.
+        """
+        if self._ended or self._closed:
+            raise InputError("push_audio after the input ended")
+        self._accept(samples)
 
     def end_input(self) -> None:
         """No more audio: the remaining frames are rendered and the stream ends."""

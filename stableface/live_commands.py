@@ -95,6 +95,14 @@ def add_serve_parser(sub: Any) -> None:
         type=positive_int,
         help="most calls rendered in one batched renderer call (default: --max-sessions; 1: unbatched)",
     )
+    serve.add_argument(
+        "--render-workers",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="render worker processes, each with the avatars loaded: one per GPU, or per group of "
+        "CPU cores (default 1)",
+    )
     serve.add_argument("--token", help="require this bearer token for /offer and /metrics")
     serve.add_argument(
         "--cert", type=Path, help="TLS certificate (PEM); browsers need https beyond localhost"
@@ -158,8 +166,8 @@ def stream_settings(args: argparse.Namespace) -> StreamSettings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from realtime.avatars import AvatarCatalog, AvatarSpec
     from realtime.server import AvatarServer
+    from realtime.worker_pool import RenderPool
 
     settings = validated(  # before any model is loaded
         ServerSettings,
@@ -184,22 +192,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
         key_file=args.key,
         timeouts=PeerTimeouts(max_session_s=60 * (args.max_session_minutes or 0)),
     )
-    specs = [AvatarSpec.parse(text) for text in (args.avatar or ["default"])]
-    catalog = AvatarCatalog.load(
-        specs, args.backend, stream_settings(args), args.max_batch or settings.max_sessions
+    pool = RenderPool.start(
+        args.avatar or ["default"],
+        args.backend,
+        stream_settings(args),
+        args.max_batch or settings.max_sessions,
+        measure=settings.admission == "measured",
+        workers=args.render_workers,
     )
     try:
-        server = AvatarServer(catalog, settings)
+        server = AvatarServer(pool, settings)
 
         def ready(url: str) -> None:
             avatars = ", ".join(
-                f"{a['name']} ({a['backend']}, {a['latency_ms']:.0f} ms)" for a in catalog.describe()
+                f"{a['name']} ({a['backend']}, {a['latency_ms']:.0f} ms)" for a in pool.describe()
             )
-            print(f"stableface serve: {url}  avatars: {avatars}  (Ctrl-C stops)", flush=True)
+            workers = f"{len(pool.workers)} render worker{'s' if len(pool.workers) > 1 else ''}"
+            print(f"stableface serve: {url}  avatars: {avatars}, {workers}  (Ctrl-C stops)", flush=True)
 
         asyncio.run(server.serve_until_stopped(ready))
     finally:
-        catalog.close()
+        pool.close()
     print("stableface serve: stopped", flush=True)
     return 0
 

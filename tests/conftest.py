@@ -14,6 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 if TYPE_CHECKING:
     from realtime.avatars import AvatarCatalog
+    from realtime.worker_pool import RenderPool
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -77,3 +78,16 @@ def catalog() -> Iterator[AvatarCatalog]:
     )
     yield loaded
     loaded.close()
+
+
+@pytest.fixture(scope="session")
+def render_pool() -> Iterator[RenderPool]:
+    """The bundled default avatar as avatar ``face`` in one render worker process (measured at its
+    start), shared by the server tests, batching up to 4 calls."""
+    from engines.bundle import DEFAULT_AVATAR_DIR
+    from realtime.worker_pool import RenderPool
+
+    pool = RenderPool.start([f"face={DEFAULT_AVATAR_DIR}"], "onnxruntime-cpu", max_batch=4)
+    yield pool
+    pool.close()
+

@@ -11,7 +11,6 @@ import pytest
 from aiortc import RTCPeerConnection
 from speech_signals import speech_with_pauses
 
-from realtime.avatars import AvatarCatalog
 from realtime.batch_cost import BatchCost
 from realtime.capacity import AvatarLoad, calls_supported, render_load
 from realtime.client import ArrayAudioTrack, AvatarClient
@@ -19,6 +18,7 @@ from realtime.lb_agent import agent_reply
 from realtime.repeat_watch import CallCount, RepeatWatch
 from realtime.server import AvatarServer
 from realtime.settings import ServerSettings
+from realtime.worker_pool import RenderPool
 
 
 def _cost(fixed_ms: float, per_row_ms: float) -> BatchCost:
@@ -87,10 +87,10 @@ async def _health(http: aiohttp.ClientSession, server: AvatarServer) -> dict[str
 
 @pytest.mark.realtime
 async def test_a_server_admits_the_calls_its_measured_cost_carries_and_refuses_the_next(
-    catalog: AvatarCatalog,
+    render_pool: RenderPool,
 ) -> None:
-    server = AvatarServer(catalog, ServerSettings(port=0, max_sessions=16))  # measures the avatar
-    cost = catalog.get("face").scheduler.cost
+    server = AvatarServer(render_pool, ServerSettings(port=0, max_sessions=16))  # measures the avatar
+    cost = render_pool.workers[0].costs["face"]
     assert cost.batches > 0 and cost.predict(4) > cost.predict(1) > 0, "measured on the CPU: rows cost"
     one, two = (render_load(cost, n, 1, 4) for n in (1, 2))
     server.admission.load_limit = (one + two) / 2  # room for exactly one call
@@ -126,8 +126,8 @@ async def test_a_server_admits_the_calls_its_measured_cost_carries_and_refuses_t
 
 
 @pytest.mark.realtime
-async def test_calls_already_falling_behind_refuse_new_ones(catalog: AvatarCatalog) -> None:
-    server = AvatarServer(catalog, ServerSettings(port=0, max_sessions=16, load_limit=1.0))
+async def test_calls_already_falling_behind_refuse_new_ones(render_pool: RenderPool) -> None:
+    server = AvatarServer(render_pool, ServerSettings(port=0, max_sessions=16, load_limit=1.0))
     runner = await server.start()
     try:
         # what the server's once-a-second watch would have seen of a call repeating 4% of its slots
@@ -146,9 +146,9 @@ async def test_calls_already_falling_behind_refuse_new_ones(catalog: AvatarCatal
 
 
 @pytest.mark.realtime
-async def test_the_agent_port_tells_haproxy_the_headroom(catalog: AvatarCatalog) -> None:
+async def test_the_agent_port_tells_haproxy_the_headroom(render_pool: RenderPool) -> None:
     server = AvatarServer(
-        catalog, ServerSettings(port=0, agent_port=0, max_sessions=3, admission="max-sessions")
+        render_pool, ServerSettings(port=0, agent_port=0, max_sessions=3, admission="max-sessions")
     )
     runner = await server.start()
 

@@ -26,7 +26,7 @@ import pytest
 from speech_signals import speech_with_pauses
 
 from realtime.client import ArrayAudioTrack, AvatarClient
-from realtime.serve_process import serve_in_process
+from realtime.serve_process import process_tree_rss_mb, serve_in_process
 
 pytestmark = pytest.mark.realtime
 
@@ -35,13 +35,6 @@ CALLS_PER_PROCESS = 2
 WARM_S = 1.5
 # RSS is read once the calls are in steady state and again near their end: it must not grow with time.
 STEADY_S = 10.0
-
-
-def _rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
-    assert match
-    return int(match.group(1)) / 1024
 
 
 async def _call(url: str, seconds: float, seed: int) -> AvatarClient:
@@ -112,7 +105,7 @@ async def test_callers_arriving_at_once_are_admitted_to_real_time_or_refused(
             warm = await asyncio.gather(*(_call(url, WARM_S, 99 + index) for index in range(capacity)))
             await asyncio.gather(*(client.close() for client in warm))
             await _until_no_sessions(url)
-            baseline_mb = _rss_mb(server.process.pid)
+            baseline_mb = process_tree_rss_mb(server.process.pid)
             before = await _metrics(url)
 
             for caller in callers:
@@ -120,10 +113,10 @@ async def test_callers_arriving_at_once_are_admitted_to_real_time_or_refused(
                 caller.stdin.write(f"{url}\n".encode())
                 await caller.stdin.drain()
             await asyncio.sleep(STEADY_S)
-            steady_mb = _rss_mb(server.process.pid)
+            steady_mb = process_tree_rss_mb(server.process.pid)
             await asyncio.sleep(call_s - 5 - STEADY_S)
             alive = await _sessions(url)
-            peak_mb = _rss_mb(server.process.pid)
+            peak_mb = process_tree_rss_mb(server.process.pid)
             outputs = await asyncio.gather(*(caller.communicate() for caller in callers))
             calls = [
                 call for stdout, _ in outputs for call in json.loads(stdout.decode().strip().splitlines()[-1])
@@ -131,7 +124,7 @@ async def test_callers_arriving_at_once_are_admitted_to_real_time_or_refused(
             health = await _health(url)
             after_calls = await _metrics(url)
             await _until_no_sessions(url)  # and the server's collection once idle
-            after_mb = _rss_mb(server.process.pid)
+            after_mb = process_tree_rss_mb(server.process.pid)
             in_memory = (await _health(url))["sessions_in_memory"]
     finally:
         for caller in callers:

@@ -343,3 +343,15 @@ def test_the_batch_cost_learns_what_a_row_adds() -> None:
     for _ in range(5):
         one_size.observe(2, 0.05)
     assert one_size.per_row_s == 0.0 and one_size.predict(6) == pytest.approx(0.05)  # until sizes vary
+
+
+def test_the_batch_cost_keeps_its_slope_while_batches_keep_one_size() -> None:
+    """One call for minutes gives batches of one row only: the slope the probe measured stays, so
+    a second call is not taken for free."""
+    cost = BatchCost()
+    for rows in [1, 4] * 6:
+        cost.observe(rows, 0.004 + 0.01 * rows)
+    for _ in range(2000):
+        cost.observe(1, 0.016)  # a little slower now: the level follows, the slope stays
+    assert cost.per_row_s == pytest.approx(0.01, rel=0.1)  # (it moved a little before it froze)
+    assert cost.predict(1) == pytest.approx(0.016) and cost.predict(2) > 0.016 + 0.008

@@ -105,7 +105,11 @@ async def test_haproxy_spreads_calls_by_headroom_and_survives_a_dead_server(
         calls = [await _call(lb, seed) for seed in range(3)]  # a takes 1, b takes 2: all fit
         placed = {name: (await _health(server.url))["sessions"] for name, server in servers.items()}
         assert placed == {"a": 1, "b": 2}, placed
-        with pytest.raises(OfferRefused) as refused:  # both full: refused through the proxy
+        # Both full: refused through the proxy once its agent checks (every 1 s) have seen it. (An
+        # offer in the very moment a server's agent turns it to drain, while HAProxy retries it, can
+        # get a closed connection instead of the 503: seen once in ~20 runs, docs/scale-out.md.)
+        await asyncio.sleep(1.5)
+        with pytest.raises(OfferRefused) as refused:
             await _call(lb, 9)
         assert refused.value.status == 503
 

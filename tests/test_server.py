@@ -18,6 +18,7 @@ from realtime.client import ArrayAudioTrack, AvatarClient, ClientRecording, Offe
 from realtime.mouth_probe import MouthProbe
 from realtime.server import MAX_BODY_BYTES, AvatarServer
 from realtime.settings import PeerTimeouts, ServerSettings
+from realtime.worker_pool import RenderPool
 
 pytestmark = pytest.mark.realtime
 
@@ -29,14 +30,14 @@ def probe(catalog: AvatarCatalog) -> MouthProbe:
     return calibrated_probe(catalog.get("face"))
 
 
-async def _serve(catalog: AvatarCatalog, **settings: object) -> tuple[AvatarServer, object]:
-    server = AvatarServer(catalog, ServerSettings(port=0, **settings))
+async def _serve(render_pool: RenderPool, **settings: object) -> tuple[AvatarServer, object]:
+    server = AvatarServer(render_pool, ServerSettings(port=0, **settings))
     return server, await server.start()
 
 
 @pytest.fixture
-async def server(catalog: AvatarCatalog) -> AsyncIterator[AvatarServer]:
-    server, runner = await _serve(catalog, max_sessions=4)
+async def server(render_pool: RenderPool) -> AsyncIterator[AvatarServer]:
+    server, runner = await _serve(render_pool, max_sessions=4)
     yield server
     await runner.cleanup()  # type: ignore[attr-defined]
 
@@ -98,7 +99,7 @@ async def test_a_call_gets_lip_synced_video_and_delayed_audio(
     scores = np.array([probe.score(v.image) for v in recording.video])
     envelope = _smooth(envelope_per_frame(audio, 48_000))
     corr, lag = _lagged_correlation(times, scores, envelope, np.arange(0.0, 0.8, 0.02))
-    delay_s = server.catalog.get(None).latency_ms / 1000
+    delay_s = server.pool.get(None).latency_ms / 1000
     assert corr >= 0.4, f"mouth vs speech correlation {corr:.2f}"
     assert delay_s - 0.04 <= lag <= delay_s + 0.6, f"lips {lag * 1000:.0f} ms after the voice"
 
@@ -117,9 +118,7 @@ async def test_a_call_gets_lip_synced_video_and_delayed_audio(
     assert abs(audio_lag - lag) <= 0.08 + 1e-9, (audio_lag, lag)
 
     # the server's stats over the data channel, and the ping
-    assert (
-        recording.stats and recording.stats[-1]["pipeline_latency_ms"] == server.catalog.get(None).latency_ms
-    )
+    assert recording.stats and recording.stats[-1]["pipeline_latency_ms"] == server.pool.get(None).latency_ms
     assert recording.rtt_ms and all(0 < r < 500 for r in recording.rtt_ms)
 
 
@@ -209,8 +208,8 @@ async def test_bad_offers_get_clear_errors_while_a_call_goes_on(server: AvatarSe
     assert good.frames_received >= 40 and gaps.max() < 0.5, "the call streamed on through the bad requests"
 
 
-async def test_the_token_guards_offers_and_metrics(catalog: AvatarCatalog) -> None:
-    server, runner = await _serve(catalog, token="s3cret")
+async def test_the_token_guards_offers_and_metrics(render_pool: RenderPool) -> None:
+    server, runner = await _serve(render_pool, token="s3cret")
     try:
         sdp = json.dumps({"sdp": await _offer_sdp(), "type": "offer"})
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
@@ -233,8 +232,8 @@ async def test_the_token_guards_offers_and_metrics(catalog: AvatarCatalog) -> No
         await runner.cleanup()  # type: ignore[attr-defined]
 
 
-async def test_a_full_server_answers_503_and_frees_slots_on_hang_up(catalog: AvatarCatalog) -> None:
-    server, runner = await _serve(catalog, max_sessions=2, admission="max-sessions")
+async def test_a_full_server_answers_503_and_frees_slots_on_hang_up(render_pool: RenderPool) -> None:
+    server, runner = await _serve(render_pool, max_sessions=2, admission="max-sessions")
     audio, _ = speech_with_pauses(2, [("speech", 3.0)])
     clients = [AvatarClient(server.url, ArrayAudioTrack(audio, 16_000)) for _ in range(3)]
     try:
@@ -255,8 +254,8 @@ async def test_a_full_server_answers_503_and_frees_slots_on_hang_up(catalog: Ava
     assert 'stableface_offers_rejected_total{reason="full"} 1.0' in metrics
 
 
-async def test_a_peer_that_goes_silent_on_the_wire_is_dropped(catalog: AvatarCatalog) -> None:
-    server, runner = await _serve(catalog, timeouts=PeerTimeouts(media_s=1.5))
+async def test_a_peer_that_goes_silent_on_the_wire_is_dropped(render_pool: RenderPool) -> None:
+    server, runner = await _serve(render_pool, timeouts=PeerTimeouts(media_s=1.5))
     audio, _ = speech_with_pauses(2, [("speech", 1.0)])
     track = ArrayAudioTrack(audio, 16_000)
     client = AvatarClient(server.url, track)
@@ -274,8 +273,8 @@ async def test_a_peer_that_goes_silent_on_the_wire_is_dropped(catalog: AvatarCat
         await runner.cleanup()  # type: ignore[attr-defined]
 
 
-async def test_shutdown_closes_every_call(catalog: AvatarCatalog) -> None:
-    server, runner = await _serve(catalog, admission="max-sessions")
+async def test_shutdown_closes_every_call(render_pool: RenderPool) -> None:
+    server, runner = await _serve(render_pool, admission="max-sessions")
     audio, _ = speech_with_pauses(2, [("speech", 3.0)])
     clients = [AvatarClient(server.url, ArrayAudioTrack(audio, 16_000)) for _ in range(2)]
     for client in clients:

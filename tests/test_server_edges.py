@@ -20,23 +20,23 @@ import pytest
 from aiortc import RTCPeerConnection
 from speech_signals import speech_with_pauses
 
-from realtime.avatars import AvatarCatalog
 from realtime.client import ArrayAudioTrack, AvatarClient
 from realtime.server import AvatarServer
 from realtime.settings import PeerTimeouts, ServerSettings
+from realtime.worker_pool import RenderPool
 
 pytestmark = pytest.mark.realtime
 CONNECTING_PER_ADDRESS = 2
 
 
-async def _serve(catalog: AvatarCatalog, **settings: object) -> tuple[AvatarServer, object]:
-    server = AvatarServer(catalog, ServerSettings(port=0, **settings))
+async def _serve(render_pool: RenderPool, **settings: object) -> tuple[AvatarServer, object]:
+    server = AvatarServer(render_pool, ServerSettings(port=0, **settings))
     return server, await server.start()
 
 
 @pytest.fixture
-async def server(catalog: AvatarCatalog) -> AsyncIterator[AvatarServer]:
-    server, runner = await _serve(catalog, max_sessions=4, body_timeout_s=0.5)
+async def server(render_pool: RenderPool) -> AsyncIterator[AvatarServer]:
+    server, runner = await _serve(render_pool, max_sessions=4, body_timeout_s=0.5)
     yield server
     await runner.cleanup()  # type: ignore[attr-defined]
 
@@ -181,10 +181,10 @@ async def test_broken_requests_at_the_http_level(server: AvatarServer) -> None:
 
 
 async def test_the_token_guards_turn_credentials_and_any_header_bytes_get_401(
-    catalog: AvatarCatalog, caplog: pytest.LogCaptureFixture
+    render_pool: RenderPool, caplog: pytest.LogCaptureFixture
 ) -> None:
     server, runner = await _serve(
-        catalog,
+        render_pool,
         token="s3cret",
         ice_servers=(
             "stun:stun.example.org:3478",
@@ -227,9 +227,9 @@ async def test_the_token_guards_turn_credentials_and_any_header_bytes_get_401(
     assert "/config?token=…" in access and "s3cret" not in access
 
 
-async def test_a_pending_offer_flood_cannot_lock_out_a_caller(catalog: AvatarCatalog) -> None:
+async def test_a_pending_offer_flood_cannot_lock_out_a_caller(render_pool: RenderPool) -> None:
     server, runner = await _serve(
-        catalog,
+        render_pool,
         max_sessions=3,
         admission="max-sessions",
         max_connecting_per_address=CONNECTING_PER_ADDRESS,
@@ -260,10 +260,10 @@ async def test_a_pending_offer_flood_cannot_lock_out_a_caller(catalog: AvatarCat
         await runner.cleanup()  # type: ignore[attr-defined]
 
 
-async def test_an_offer_being_answered_at_shutdown_is_refused_and_closed(catalog: AvatarCatalog) -> None:
+async def test_an_offer_being_answered_at_shutdown_is_refused_and_closed(render_pool: RenderPool) -> None:
     sdp = json.dumps({"sdp": await _offer(), "type": "offer"})
     for _attempt in range(5):  # the shutdown must land while the answer is being made
-        server, runner = await _serve(catalog)
+        server, runner = await _serve(render_pool)
         async with aiohttp.ClientSession() as http:
             request = asyncio.ensure_future(http.post(f"{server.url}offer", data=sdp))
             while not server._answering and not request.done():
@@ -305,10 +305,10 @@ async def test_a_session_whose_close_fails_still_gives_its_slot_back(server: Ava
 
 @pytest.mark.parametrize("trusted", [True, False])
 async def test_callers_behind_a_trusted_balancer_are_told_apart_by_x_forwarded_for(
-    catalog: AvatarCatalog, trusted: bool
+    render_pool: RenderPool, trusted: bool
 ) -> None:
     server, runner = await _serve(
-        catalog,
+        render_pool,
         max_sessions=4,
         admission="max-sessions",
         max_connecting_per_address=1,

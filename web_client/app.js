@@ -247,6 +247,8 @@ function onServerMessage(text) {
     $("stat-pipeline").textContent = `${Math.round(message.pipeline_latency_ms)} ms`;
     $("stat-skipped").textContent = String(message.frames_skipped);
     $("stat-backend").textContent = message.backend;
+  } else if (message.type === "error") {
+    setMessage(`The server ended the call: ${message.reason}`, true);
   }
 }
 
