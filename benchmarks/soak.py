@@ -137,7 +137,7 @@ async def soak(
             if window is not None:  # probe scores off the event loop that receives the media
                 result = await loop.run_in_executor(None, analyse_window, *window, probe, now - started, rss)
                 call.windows.append(result)
-        print(f"  {now - started:6.0f} s: server RSS {rss:.0f} MB", flush=True)
+        print(f"  {now - started:6.0f} s: RSS of the server and its render workers {rss:.0f} MB", flush=True)
     report = {"memory": [{"t_s": round(t, 1), "rss_mb": round(m, 1)} for t, m in memory], "calls": []}
     for call in soakers:
         report["calls"].append(summarise_call(call))
@@ -185,7 +185,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"Avatar `{Path(result['avatar']).name}`, backend {result['backend']}: "
         f"{result['calls_offered']} call(s) offered for {result['minutes']:.1f} min, "
         f"analysed in {result['window_s']:g} s windows. "
-        f"Targets: A/V drift ≤ {TARGET_DRIFT_MS:g} ms, server RSS within ±{100 * TARGET_MEMORY_SPREAD:g}% "
+        f"Targets: A/V drift ≤ {TARGET_DRIFT_MS:g} ms, RSS (server + render workers) within "
+        f"±{100 * TARGET_MEMORY_SPREAD:g}% "
         "after the first minute, no frame lost beyond the repeated ones, every call connected at the end.",
         "",
     ]
@@ -222,10 +223,11 @@ def markdown(result: dict[str, Any]) -> str:
     rss = [m["rss_mb"] for m in result["memory"]]
     lines += [
         "",
-        f"Server RSS: {min(rss):.0f}–{max(rss):.0f} MB; largest distance from its median after the first "
+        f"RSS of the server and its render workers: {min(rss):.0f}–{max(rss):.0f} MB; largest distance "
+        "from its median after the first "
         f"minute {100 * spread:.1f}%."
         if spread is not None and rss
-        else "Server RSS: not sampled.",
+        else "RSS: not sampled.",
         "",
     ]
     return "\n".join(lines)
@@ -243,7 +245,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         offset_axis.axhline(0, color="grey", linewidth=0.5)
         offset_axis.legend(loc="upper right")
         memory_axis.plot([m["t_s"] for m in result["memory"]], [m["rss_mb"] for m in result["memory"]])
-        memory_axis.set_ylabel("server RSS (MB)")
+        memory_axis.set_ylabel("RSS, server + workers (MB)")
         memory_axis.set_xlabel("seconds into the soak")
 
 

@@ -24,7 +24,6 @@ from engines.errors import InputError, StableFaceError
 from engines.timebase import SAMPLE_RATE_HZ
 from realtime.audio_input import AudioInput
 from realtime.frame_ring import FrameRing
-from realtime.session import OutputFrame
 from realtime.worker_messages import AvatarInfo, CallAudio, CloseCall, Frame, StartCall, ToWorker
 
 logger = logging.getLogger(__name__)
@@ -62,6 +61,24 @@ class RemoteStats:
             "frames_lost": self.frames_lost,
             "lag_ms": self.lag_ms,
         }
+
+
+@dataclass(frozen=True)
+class CallFrame:
+    """One paced output frame of a call, as the server process sends it.
+
+    Attributes:
+        index: k, the output frame number; its presentation time is ``k / 25`` s.
+        image: (H, W, 3) uint8 RGB.
+        audio: (640,) float32 16 kHz samples that play with it.
+        skipped: the slot's own frame was not rendered in time (or lost in the ring): an earlier
+            image repeats.
+    """
+
+    index: int
+    image: npt.NDArray[np.uint8]
+    audio: npt.NDArray[np.float32]
+    skipped: bool
 
 
 @dataclass(frozen=True)
@@ -122,7 +139,7 @@ class RemoteSession:
         if len(converted):
             self._send(CallAudio(self.number, converted))
 
-    async def frames(self) -> AsyncIterator[OutputFrame]:
+    async def frames(self) -> AsyncIterator[CallFrame]:
         """The call's paced output as the worker emits it.
 
         Raises:
@@ -149,7 +166,7 @@ class RemoteSession:
             self.stats.frames_out += 1
             self.stats.frames_skipped += int(frame.skipped or image is None)
             self.stats.lag_ms = frame.lag_ms
-            yield OutputFrame(frame.index, previous, frame.audio, frame.skipped or image is None, None)
+            yield CallFrame(frame.index, previous, frame.audio, frame.skipped or image is None)
 
     async def close(self) -> None:
         """End the call in the worker and free the ring (idempotent; never waits on the worker)."""

@@ -25,7 +25,7 @@ from multiprocessing.connection import Connection
 from engines.errors import InputError, StableFaceError
 from realtime.avatars import AvatarCatalog, AvatarSpec
 from realtime.batch_cost import BatchCost
-from realtime.capacity import probe_batch_cost
+from realtime.cost_probe import probe_batch_cost
 from realtime.frame_ring import FrameRing
 from realtime.memory import freeze_loaded_objects
 from realtime.session import StreamingSession

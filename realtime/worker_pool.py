@@ -23,14 +23,13 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from typing import Literal
 
 from engines.errors import InputError, StableFaceError
-from realtime.avatars import AvatarSpec
 from realtime.batch_cost import BatchCost
 from realtime.frame_ring import FrameRing
 from realtime.remote_session import RING_SLOTS, RemoteSession, RenderFailed, RenderWorkerLost
-from realtime.render_worker import run_worker
 from realtime.settings import StreamSettings
 from realtime.worker_messages import (
     AvatarInfo,
@@ -55,6 +54,14 @@ MAX_RESTART_DELAY_S = 30.0
 HEALTHY_AFTER_S = 30.0  # a worker that ran this long before dying is restarted after the short delay
 State = Literal["starting", "ready", "dead"]
 StageObserver = Callable[[str, float], None]
+
+
+def _run_worker(connection: Connection, config: WorkerConfig, number: int) -> None:
+    """The worker process's entry point. The models' libraries are imported there only: the server
+    process, which imports this module, never loads torch or the backends."""
+    from realtime.render_worker import run_worker
+
+    run_worker(connection, config, number)
 
 
 class RenderWorker:
@@ -91,7 +98,7 @@ class RenderWorker:
         context = multiprocessing.get_context("spawn")
         self._connection, child = context.Pipe()
         self.process = context.Process(
-            target=run_worker, args=(child, config, number), name=f"stableface-render-{number}", daemon=True
+            target=_run_worker, args=(child, config, number), name=f"stableface-render-{number}", daemon=True
         )
         self.process.start()
         child.close()  # so that the worker's death reads as the end of the pipe here
@@ -272,8 +279,6 @@ class RenderPool:
         Raises:
             InputError: an avatar cannot be loaded (the workers are stopped again).
         """
-        for text in avatars:
-            AvatarSpec.parse(text)  # a missing default avatar is reported before any process starts
         config = WorkerConfig(
             tuple(avatars),
             backend,
