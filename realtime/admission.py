@@ -144,6 +144,8 @@ class Admission:
             metrics.capacity_calls.labels(name).set(report["supported"])
             metrics.headroom_calls.labels(name).set(report["headroom"])
         metrics.render_load.set(self.render_load())
+        metrics.render_workers_ready.set(sum(w.state == "ready" for w in self.pool.workers))
+        metrics.render_worker_restarts.set(self.pool.restarts)
         metrics.recent_repeated_share.set(self.repeats.repeated_share())
 
     def health(self) -> dict[str, object]:

@@ -65,6 +65,14 @@ class ServerMetrics:
             "Share of output slots that repeated an earlier image over the last 5 s (settled calls)",
             registry=r,
         )
+        self.render_workers_ready = Gauge(
+            "stableface_render_workers_ready", "Render worker processes up and serving", registry=r
+        )
+        self.render_worker_restarts = Gauge(
+            "stableface_render_worker_restarts",
+            "Render worker processes started in place of one that died, since the server started",
+            registry=r,
+        )
         self.pipeline_latency_ms = Gauge(
             "stableface_pipeline_latency_ms",
             "Configured output delay: audio in -> lips and audio out, per avatar",

@@ -45,6 +45,7 @@ from realtime.worker_messages import (
     ToWorker,
     WorkerConfig,
 )
+from realtime.worker_placement import Placement, apply_placement, place_workers, server_cores, visible_gpus
 
 logger = logging.getLogger(__name__)
 START_TIMEOUT_S = 600.0  # loading and measuring the avatars (a TensorRT engine build takes minutes)
@@ -52,13 +53,17 @@ STOP_TIMEOUT_S = 2.0
 RESTART_DELAY_S = 1.0
 MAX_RESTART_DELAY_S = 30.0
 HEALTHY_AFTER_S = 30.0  # a worker that ran this long before dying is restarted after the short delay
+# A running worker reports every second from its event loop (which rendering never blocks): one
+# silent this long is hung (stopped, deadlocked, swapping) and is killed, so its calls end.
+HUNG_AFTER_S = 10.0
 State = Literal["starting", "ready", "dead"]
 StageObserver = Callable[[str, float], None]
 
 
-def _run_worker(connection: Connection, config: WorkerConfig, number: int) -> None:
-    """The worker process's entry point. The models' libraries are imported there only: the server
-    process, which imports this module, never loads torch or the backends."""
+def _run_worker(connection: Connection, config: WorkerConfig, number: int, placement: Placement) -> None:
+    """The worker process's entry point: its placement first, then the models' libraries (imported
+    there only: the server process, which imports this module, never loads torch or the backends)."""
+    apply_placement(placement)
     from realtime.render_worker import run_worker
 
     run_worker(connection, config, number)
@@ -70,6 +75,7 @@ class RenderWorker:
     Args:
         number: its place in the pool.
         config: what it loads.
+        placement: its GPU or cores.
         on_lost: called (on its reader thread) once the process has died or exited.
         on_stage_ms: called (on its reader thread) with each reported (stage, ms).
     """
@@ -78,15 +84,18 @@ class RenderWorker:
         self,
         number: int,
         config: WorkerConfig,
+        placement: Placement,
         on_lost: Callable[[RenderWorker], None],
         on_stage_ms: StageObserver,
     ) -> None:
         self.number = number
+        self.placement = placement
         self.state: State = "starting"
         self.failure: str | None = None
         self.avatars: dict[str, AvatarInfo] = {}
         self.costs: dict[str, BatchCost] = {}
         self.started = time.monotonic()
+        self.last_heard = self.started
         self._on_lost = on_lost
         self._on_stage_ms = on_stage_ms
         self._calls: dict[int, RemoteSession] = {}
@@ -98,7 +107,10 @@ class RenderWorker:
         context = multiprocessing.get_context("spawn")
         self._connection, child = context.Pipe()
         self.process = context.Process(
-            target=_run_worker, args=(child, config, number), name=f"stableface-render-{number}", daemon=True
+            target=_run_worker,
+            args=(child, config, number, placement),
+            name=f"stableface-render-{number}",
+            daemon=True,
         )
         self.process.start()
         child.close()  # so that the worker's death reads as the end of the pipe here
@@ -163,6 +175,16 @@ class RenderWorker:
         if self.process.pid is not None:
             os.kill(self.process.pid, signal.SIGKILL)
 
+    def kill_if_hung(self, hung_after_s: float) -> None:
+        """Kill a running worker that has sent nothing for ``hung_after_s`` (its death then ends its
+        calls and starts another in its place)."""
+        silent_s = time.monotonic() - self.last_heard
+        if self.state == "ready" and not self._stopping and silent_s > hung_after_s:
+            logger.error(
+                "render worker %d (pid %s) silent for %.0f s: killing it", self.number, self.pid, silent_s
+            )
+            self.kill()
+
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """Tell the worker to close its calls and exit; kill it if it has not within ``timeout_s``."""
         self._stopping = True
@@ -189,6 +211,7 @@ class RenderWorker:
                 message: FromWorker = self._connection.recv()
             except (EOFError, OSError):
                 break
+            self.last_heard = time.monotonic()
             self._dispatch(message)
         self._lost()
 
@@ -249,9 +272,10 @@ class RenderPool:
     Args:
         config: what every worker loads.
         workers: how many worker processes.
+        hung_after_s: a running worker silent this long is killed (and replaced).
     """
 
-    def __init__(self, config: WorkerConfig, workers: int = 1) -> None:
+    def __init__(self, config: WorkerConfig, workers: int = 1, hung_after_s: float = HUNG_AFTER_S) -> None:
         if workers < 1:
             raise InputError("a server needs at least one render worker")
         self.config = config
@@ -262,7 +286,11 @@ class RenderPool:
         self._lock = threading.Lock()
         self._delays = [RESTART_DELAY_S] * workers
         self._stage_observers: list[StageObserver] = []
+        self.placements = place_workers(workers, server_cores(), visible_gpus())
         self.workers = [self._spawn(number) for number in range(workers)]
+        self._hung_after_s = hung_after_s
+        self._stopped = threading.Event()
+        threading.Thread(target=self._watch, name="stableface-render-watch", daemon=True).start()
 
     @classmethod
     def start(
@@ -273,6 +301,7 @@ class RenderPool:
         max_batch: int | None = None,
         measure: bool = True,
         workers: int = 1,
+        hung_after_s: float = HUNG_AFTER_S,
     ) -> RenderPool:
         """Start the workers and wait until every one has loaded (and measured) the avatars.
 
@@ -287,7 +316,7 @@ class RenderPool:
             measure,
             logging.getLogger().getEffectiveLevel(),
         )
-        pool = cls(config, workers)
+        pool = cls(config, workers, hung_after_s)
         try:
             for worker in pool.workers:
                 worker.wait_ready()
@@ -298,8 +327,15 @@ class RenderPool:
         pool.default = next(iter(pool.avatars))
         return pool
 
+    def _watch(self) -> None:
+        while not self._stopped.wait(min(1.0, self._hung_after_s / 4)):
+            for worker in list(self.workers):
+                worker.kill_if_hung(self._hung_after_s)
+
     def _spawn(self, number: int) -> RenderWorker:
-        return RenderWorker(number, self.config, self._worker_lost, self._observe_stage)
+        return RenderWorker(
+            number, self.config, self.placements[number], self._worker_lost, self._observe_stage
+        )
 
     def observe_stages(self, observer: StageObserver) -> None:
         """Have ``observer`` called (on a reader thread) with every (stage, ms) the workers report."""
@@ -339,7 +375,14 @@ class RenderPool:
     def health(self) -> list[dict[str, object]]:
         """Each worker's process, state and calls."""
         return [
-            {"worker": w.number, "pid": w.pid, "state": w.state, "calls": sum(w.calls_by_avatar().values())}
+            {
+                "worker": w.number,
+                "pid": w.pid,
+                "state": w.state,
+                "calls": sum(w.calls_by_avatar().values()),
+                "cores": list(w.placement.cores) if w.placement.cores is not None else None,
+                "gpu": w.placement.gpu,
+            }
             for w in self.workers
         ]
 
@@ -368,7 +411,8 @@ class RenderPool:
         try:
             worker.wait_ready()
         except StableFaceError as exc:  # its death has scheduled the next attempt
-            logger.error("render worker %d did not restart: %s", number, exc)
+            if not self._closing:
+                logger.error("render worker %d did not restart: %s", number, exc)
             return
         self._delays[number] = RESTART_DELAY_S
         logger.info("render worker %d restarted (pid %s)", number, worker.pid)
@@ -385,5 +429,6 @@ class RenderPool:
         """Stop every worker (their calls end)."""
         with self._lock:
             self._closing = True
+        self._stopped.set()
         for worker in self.workers:
             worker.stop()

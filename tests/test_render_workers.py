@@ -1,12 +1,15 @@
 """Render workers in their own processes: frames through shared memory, a worker killed mid-call
-ends only its own calls (with a reason the caller is told) and is replaced, and a worker that
-cannot load its avatars stops the server's start with a one-line reason."""
+ends only its own calls (with a reason the caller is told) and is replaced, a hung one is killed,
+and a worker that cannot load its avatars stops the server's start with a one-line reason."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +19,10 @@ from engines.bundle import DEFAULT_AVATAR_DIR
 from engines.errors import InputError
 from realtime.client import ArrayAudioTrack, AvatarClient
 from realtime.frame_ring import FrameRing
+from realtime.remote_session import RenderWorkerLost
 from realtime.server import AvatarServer
 from realtime.settings import ServerSettings
+from realtime.worker_placement import Placement, place_workers, visible_gpus
 from realtime.worker_pool import RenderPool
 
 
@@ -41,7 +46,22 @@ def test_a_frame_ring_hands_over_images_and_reports_overwritten_ones() -> None:
         FrameRing.attach(ring.name, (4, 6, 3), 3)  # the owner unlinked it
 
 
-def test_a_worker_that_cannot_load_its_avatar_stops_the_start_with_its_reason(tmp_path: object) -> None:
+def test_workers_get_one_gpu_each_or_their_own_group_of_cores(tmp_path: Path) -> None:
+    assert place_workers(1, [0, 1, 2, 3], ["0", "1"]) == [Placement(None, None)]  # one keeps it all
+    assert [p.gpu for p in place_workers(3, [0, 1], ["2", "5"])] == ["2", "5", "2"]
+    assert [p.cores for p in place_workers(2, [3, 0, 1, 2], [])] == [(0, 1), (2, 3)]
+    assert [p.cores for p in place_workers(3, [0, 1], [])] == [(0,), (0,), (1,)]  # more workers than cores
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "1, 3"}) == ["1", "3"]
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "-1"}) == []
+    driver = tmp_path / "gpus"
+    driver.mkdir()
+    for bus in ("0000:17:00.0", "0000:65:00.0"):
+        (driver / bus).mkdir()
+    assert visible_gpus({}, driver) == ["0", "1"]
+    assert visible_gpus({}, tmp_path / "absent") == []
+
+
+def test_a_worker_that_cannot_load_its_avatar_stops_the_start_with_its_reason(tmp_path: Path) -> None:
     started = time.monotonic()
     with pytest.raises(InputError, match="avatar"):
         RenderPool.start([f"face={tmp_path}"], "onnxruntime-cpu")
@@ -115,3 +135,29 @@ async def test_a_killed_render_worker_ends_only_its_calls_and_is_replaced(two_wo
         for client in (doomed, survivor):
             await client.close()
         await runner.cleanup()
+
+
+async def test_a_hung_render_worker_is_killed_so_its_calls_end_instead_of_freezing() -> None:
+    pool = RenderPool.start(
+        [f"face={DEFAULT_AVATAR_DIR}"], "onnxruntime-cpu", max_batch=4, measure=False, hung_after_s=2.0
+    )
+    try:
+        worker = pool.workers[0]
+        call = worker.open_call("face")
+        await call.push_audio(np.zeros(16_000, np.float32))
+        frames = call.frames()
+        for _ in range(5):
+            await anext(frames)
+        assert worker.pid is not None
+        os.kill(worker.pid, signal.SIGSTOP)  # alive, but silent: stopped, deadlocked, swapping
+        stopped = time.monotonic()
+        with pytest.raises(RenderWorkerLost, match="render worker died"):
+            async with asyncio.timeout(10):
+                while True:
+                    await anext(frames)
+        assert 2.0 <= time.monotonic() - stopped < 6.0
+        await call.close()
+        await pool.wait_all_ready(60)
+        assert pool.restarts == 1
+    finally:
+        pool.close()
