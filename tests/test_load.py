@@ -33,7 +33,8 @@ pytestmark = pytest.mark.realtime
 CALLERS = 8
 CALLS_PER_PROCESS = 2
 WARM_S = 1.5
-# RSS is read once the calls are in steady state and again near their end: it must not grow with time.
+# RSS (the server and its render workers) is read once the calls are in steady state and again near
+# their end: it must not grow with time.
 STEADY_S = 10.0
 
 
@@ -145,7 +146,7 @@ async def test_callers_arriving_at_once_are_admitted_to_real_time_or_refused(
         f"capacity {capacity}: admitted {len(admitted)} of {CALLERS}; frames received per call "
         f"{[c['frames'] for c in admitted]}, in the last 5 s {[c['last_5s'] for c in admitted]}, audio s "
         f"{[round(c['audio_s'], 1) for c in admitted]}; repeated {repeated:.0f} of {sent:.0f} slots; "
-        f"refused: {sorted({c['error'] for c in refused})}; server RSS baseline {baseline_mb:.0f} MB, "
+        f"refused: {sorted({c['error'] for c in refused})}; RSS (server + workers) {baseline_mb:.0f} MB, "
         f"{steady_mb:.0f} MB at {STEADY_S:.0f} s and {peak_mb:.0f} MB at {call_s - 5:.0f} s, after "
         f"{after_mb:.0f} MB; server event-loop lag max {health['max_event_loop_lag_ms']} ms"
     )
