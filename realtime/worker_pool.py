@@ -135,12 +135,15 @@ class RenderWorker:
         if self.state != "ready":
             raise StableFaceError(f"render worker {self.number} died while starting (see its log above)")
 
+    def open_calls(self) -> list[RemoteSession]:
+        """Its calls (connected or connecting)."""
+        with self._lock:
+            return list(self._calls.values())
+
     def calls_by_avatar(self) -> dict[str, int]:
         """Its open calls (connected or connecting) by avatar."""
-        with self._lock:
-            calls = list(self._calls.values())
         counts = dict.fromkeys(self.avatars, 0)
-        for call in calls:
+        for call in self.open_calls():
             counts[call.info.name] = counts.get(call.info.name, 0) + 1
         return counts
 

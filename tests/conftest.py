@@ -90,4 +90,3 @@ def render_pool() -> Iterator[RenderPool]:
     pool = RenderPool.start([f"face={DEFAULT_AVATAR_DIR}"], "onnxruntime-cpu", max_batch=4)
     yield pool
     pool.close()
-

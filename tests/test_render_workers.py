@@ -94,12 +94,12 @@ async def test_a_killed_render_worker_ends_only_its_calls_and_is_replaced(two_wo
     try:
         await doomed.connect()
         await survivor.connect()
-        assert [w["calls"] for w in server.admission.health()["render_workers"]] == [1, 1]  # type: ignore[index]
+        assert [w["calls"] for w in pool.health()] == [1, 1]
         assert await _frames_in(survivor, 2.0) >= 45
         by_worker = {w.number: w.calls_by_avatar()["face"] for w in pool.workers}
         assert by_worker == {0: 1, 1: 1}
         victim = pool.workers[0]
-        doomed_worker_calls = {id(call) for call in victim._calls.values()}
+        doomed_worker_calls = {id(call) for call in victim.open_calls()}
         doomed_session = next(s for s in server.sessions if id(s.session) in doomed_worker_calls)
         survivor_session = next(s for s in server.sessions if s is not doomed_session)
         skipped_before = survivor_session.session.stats.frames_skipped
