@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common
 from realtime.serve_process import serve_in_process
+from stableface.argtypes import avatar_folder
 
 
 def _timed(action: Any) -> float:
@@ -104,7 +105,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--avatar", type=Path, help="avatar bundle (default: the bundled default avatar)")
+    parser.add_argument(
+        "--avatar", type=avatar_folder, help="avatar bundle, or default (the bundled one; the default)"
+    )
     parser.add_argument("--repeats", type=int, default=10, help="loads of each kind (default 10)")
     parser.add_argument("--quick", action="store_true", help="1 load of each kind, 1 server start")
     common.add_output_arguments(parser)

@@ -31,6 +31,7 @@ from benchmarks import common
 from offline_training.synthetic.speech import synthesize_speech
 from realtime.client import ArrayAudioTrack, AvatarClient
 from realtime.serve_process import serve_in_process
+from stableface.argtypes import avatar_folder
 
 COUNTERS = ("stableface_frames_sent_total", "stableface_frames_skipped_total")
 
@@ -118,7 +119,9 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--avatar", type=Path, help="avatar bundle (default: the bundled default avatar)")
+    parser.add_argument(
+        "--avatar", type=avatar_folder, help="avatar bundle, or default (the bundled one; the default)"
+    )
     parser.add_argument("--backend", default="onnxruntime-cpu")
     parser.add_argument("--calls", nargs="+", type=int, default=[1, 2, 3, 4, 5])
     parser.add_argument("--seconds", type=float, default=20.0)

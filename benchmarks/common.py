@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from stableface.argtypes import avatar_folder
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -197,7 +199,9 @@ def report(
 
 def add_avatar_arguments(parser: Any) -> None:
     """``--avatar`` and ``--compute-allowance-ms``: what the live benchmarks run."""
-    parser.add_argument("--avatar", type=Path, help="avatar bundle (default: the bundled default avatar)")
+    parser.add_argument(
+        "--avatar", type=avatar_folder, help="avatar bundle, or default (the bundled one; the default)"
+    )
     parser.add_argument(
         "--compute-allowance-ms",
         type=float,

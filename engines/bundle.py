@@ -33,6 +33,8 @@ from safetensors.torch import save_file as save_torch
 
 import engines
 from engines.audio.features import FeatureStats
+from engines.bundle_paths import DEFAULT_AVATAR_DIR as DEFAULT_AVATAR_DIR  # re-exported
+from engines.bundle_paths import MANIFEST as MANIFEST
 from engines.errors import InputError
 from engines.files import atomic_output, sha256_file
 from engines.geometry.crop import CropBox
@@ -42,8 +44,6 @@ from engines.nets import AdaptiveSmoothing, AudioToExpression, AudioToExpression
 from engines.render_io import crop_mouth_mask
 
 BUNDLE_FORMAT = 1
-MANIFEST = "avatar.json"
-DEFAULT_AVATAR_DIR = Path(__file__).resolve().parent / "default_avatar"  # `stableface build-default`
 WEIGHT_FILES = {
     "audio2expression": "weights/audio2expression.safetensors",
     "renderer": "weights/renderer.safetensors",

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from engines.bundle_paths import DEFAULT_AVATAR_DIR, DEFAULT_AVATAR_NAME, default_avatar_installed
 from engines.errors import InputError
 
 SettingsT = TypeVar("SettingsT", bound=BaseModel)
@@ -21,6 +23,19 @@ def positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {value}")
     return value
+
+
+def avatar_folder(text: str) -> Path:
+    """An avatar argument: ``default`` (the bundled avatar, as ``serve`` and ``live`` take it) or a
+    bundle folder (checked when it is loaded)."""
+    if text != DEFAULT_AVATAR_NAME:
+        return Path(text)
+    if not default_avatar_installed():
+        raise argparse.ArgumentTypeError(
+            f"no default avatar is installed at {DEFAULT_AVATAR_DIR}; "
+            "rebuild it with `stableface build-default`"
+        )
+    return DEFAULT_AVATAR_DIR
 
 
 def positive_float(text: str) -> float:

@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING
 from engines.errors import StableFaceError
 from offline_training.dataset.settings import PrepareSettings
 from offline_training.train.settings import TrainSettings
-from stableface.argtypes import PRESET_NAMES, default_of, positive_float, positive_int, validated
+from stableface.argtypes import (
+    PRESET_NAMES,
+    avatar_folder,
+    default_of,
+    positive_float,
+    positive_int,
+    validated,
+)
 from stableface.bench_command import add_bench_parser
 from stableface.build_default_command import add_build_default_parser
 from stableface.eval_command import add_eval_parsers
@@ -377,7 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Drive an avatar with a whole speech file offline (centred adaptive smoothing) and write "
         "an H.264 + AAC MP4 with the speech as its sound track.",
     )
-    render.add_argument("avatar", type=Path, help="avatar folder from stableface train")
+    render.add_argument(
+        "avatar", type=avatar_folder, help="avatar folder from stableface train, or default (the bundled one)"
+    )
     render.add_argument("audio", type=Path, help="speech (any format FFmpeg reads)")
     render.add_argument("--out", type=Path, required=True, help="MP4 file to write")
     render.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
@@ -405,7 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
         "With --backend tensorrt also build (and cache) the TensorRT engines; that needs TensorRT 10+ "
         "and an NVIDIA GPU.",
     )
-    export.add_argument("avatar", type=Path, help="avatar folder from stableface train")
+    export.add_argument(
+        "avatar", type=avatar_folder, help="avatar folder from stableface train, or default (the bundled one)"
+    )
     export.add_argument(
         "--backend",
         choices=["onnxruntime-cpu", "onnxruntime-cuda", "tensorrt"],

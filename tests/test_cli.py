@@ -134,3 +134,19 @@ def test_the_preset_choices_are_the_model_presets() -> None:
     from stableface.argtypes import PRESET_NAMES
 
     assert set(PRESET_NAMES) == set(PRESETS)
+
+
+def test_render_takes_the_bundled_default_avatar_by_name(tmp_path: Path) -> None:
+    import numpy as np
+
+    from engines.media.encode import write_wav
+    from offline_training.synthetic.speech import synthesize_speech
+    from stableface.argtypes import avatar_folder
+
+    speech = tmp_path / "speech.wav"
+    write_wav(speech, synthesize_speech(5, 1.2).audio.astype(np.float32))
+    out = tmp_path / "default.mp4"
+    assert main(["render", "default", str(speech), "--out", str(out), "-q"]) == 0
+    info = probe_media(out)
+    assert info.has_video and info.has_audio and abs(info.video_duration_s - 1.2) < 0.1
+    assert avatar_folder("some/folder") == Path("some/folder")  # anything else is a folder, as before
