@@ -12,9 +12,10 @@ from offline_training.train.settings import TrainSettings
 from stableface.argtypes import PRESET_NAMES, default_of, positive_float, positive_int
 
 TRACKER_HELP = (
-    "landmark tracker: face-alignment (68 points, the paper's; downloads its weights once), onnx68 "
-    "(any 68-point ONNX model given by --tracker-model; the default when one is given) or mediapipe "
-    "(478-point mesh, lip and jaw subsets)"
+    "landmark tracker: mediapipe (478-point mesh, lip and jaw subsets; installed, the default), "
+    "face-alignment (68 points, the paper's; the [eval] extra, downloads its weights once) or onnx68 "
+    "(any 68-point ONNX model given by --tracker-model; the default when one is given). MSI depends on "
+    "the tracker: compare numbers made with the same one"
 )
 
 
@@ -88,10 +89,11 @@ def add_tracker_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def tracker_from(args: argparse.Namespace) -> Any:
-    """The tracker the arguments ask for (68 points by default, as in the paper)."""
+    """The tracker the arguments ask for: the MediaPipe mesh by default (the default install has
+    it), a 68-point ONNX model when one is given."""
     from engines.geometry.trackers import create_tracker
 
-    name = args.tracker or ("onnx68" if args.tracker_model is not None else "face-alignment")
+    name = args.tracker or ("onnx68" if args.tracker_model is not None else "mediapipe")
     if args.tracker_model is not None and name != "onnx68":
         raise InputError("--tracker-model is for --tracker onnx68")
     return create_tracker(name, args.tracker_model)

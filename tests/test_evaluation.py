@@ -306,13 +306,16 @@ def test_eval_rejects_bad_input_in_one_line(
     )
 
 
-def test_eval_without_face_alignment_names_the_extra(
-    talking_video: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]
+def test_eval_runs_with_no_flags_on_the_installed_tracker_and_names_it(
+    talking_video: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    if importlib.util.find_spec("face_alignment") is not None:
-        pytest.skip("face-alignment is installed (it would download its weights)")
-    err = _one_line_error(capsys, "eval", str(talking_video[0]))
-    assert "face-alignment" in err or "face_alignment" in err
+    out = tmp_path / "plain.json"
+    assert main(["eval", str(talking_video[0]), "--json", str(out)]) == 0
+    assert "mediapipe" in capsys.readouterr().out
+    assert json.loads(out.read_text())["tracker"] == "mediapipe"
+    if importlib.util.find_spec("face_alignment") is None:  # asked for, the missing extra is named
+        err = _one_line_error(capsys, "eval", str(talking_video[0]), "--tracker", "face-alignment")
+        assert "face-alignment" in err or "face_alignment" in err
 
 
 def test_eval_with_syncnet_weights_reports_lse(
