@@ -306,6 +306,23 @@ def test_eval_rejects_bad_input_in_one_line(
     )
 
 
+def test_eval_says_why_sync_is_missing_and_refuses_speech_of_another_length(
+    talking_video: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engines.media.decode import load_audio
+    from engines.media.encode import write_wav
+
+    silent, speech = talking_video[0].with_name("silent.mp4"), talking_video[2]
+    out = tmp_path / "silent.json"
+    assert main(["eval", str(silent), "--json", str(out)]) == 0
+    assert "skipped: no speech: the video has no sound track" in capsys.readouterr().out
+    assert "no sound track" in json.loads(out.read_text())["av_skipped"]
+    short = tmp_path / "short.wav"
+    write_wav(short, load_audio(speech, 16_000)[:16_000])  # 1 s of the 3 s clip's speech
+    err = _one_line_error(capsys, "eval", str(silent), "--audio", str(short))
+    assert "do not belong together" in err and "1.00 s" in err
+
+
 def test_eval_runs_with_no_flags_on_the_installed_tracker_and_names_it(
     talking_video: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

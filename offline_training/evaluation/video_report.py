@@ -30,6 +30,8 @@ from offline_training.evaluation.sharpness import cpbd
 from offline_training.evaluation.slices import side_by_side, slice_panel, write_png
 
 CPBD_FRAMES = 100
+AV_MAX_LAG_MS = 400.0  # the lag search of the weights-free sync measure, each way
+MAX_AV_MISMATCH_S = 0.25  # speech and video lengths that still belong together (as ``prepare``'s default)
 
 ImageRGB = npt.NDArray[np.uint8]
 FrameSource = Callable[[], Iterator[ImageRGB]]
@@ -61,6 +63,7 @@ class VideoReport:
     av_correlation: float | None = None
     av_correlation_at_zero: float | None = None
     av_skipped: str | None = None
+    av_warning: str | None = None
     syncnet: str | None = None
     lse_c: float | None = None
     lse_d: float | None = None
@@ -95,6 +98,8 @@ class VideoReport:
                 ("A/V correlation at that offset", _fmt(self.av_correlation), ""),
                 ("A/V correlation at 0 ms", _fmt(self.av_correlation_at_zero), ""),
             ]
+            if self.av_warning is not None:
+                rows.append(("A/V offset unreliable", self.av_warning, ""))
         if self.syncnet is not None:
             rows += [
                 ("LSE-C (higher)", _fmt(self.lse_c), ""),
@@ -178,10 +183,13 @@ def evaluate_video(
                 "of one frame rate"
             )
     speech, speech_name = None, None
+    info = probe_media(video)
     if audio is not None:
         speech, speech_name = load_audio(audio, SAMPLE_RATE_HZ), str(audio)
-    elif probe_media(video).has_audio:
+    elif info.has_audio:
         speech, speech_name = load_audio(video, SAMPLE_RATE_HZ), str(video)
+    if speech is not None:
+        _check_lengths(speech_name, len(speech) / SAMPLE_RATE_HZ, str(video), info.video_duration_s)
     syncnet = None
     if syncnet_weights is not None:
         from offline_training.evaluation.syncnet import load_syncnet
@@ -238,24 +246,47 @@ def evaluate_footage(
                 f"reference: {Path(reference.name).name}",
             )
         )
-    if speech is not None:
+    if speech is None:
+        report.av_skipped = "no speech: the video has no sound track (pass --audio SPEECH)"
+    else:
         report.audio = speech_name or "speech"
         try:
             offset = av_sync(
                 lip_gap_from_points(tracks.points, tracks.layout),
                 speech_envelope_db(speech, SAMPLE_RATE_HZ, fps, frames=frames),
                 fps,
+                AV_MAX_LAG_MS,
             )
         except InputError as exc:  # too short for the lag search: the other metrics still stand
             report.av_skipped = str(exc)
         else:
             report.av_offset_ms, report.av_correlation = offset.offset_ms, offset.correlation
             report.av_correlation_at_zero = offset.correlation_at_zero
+            if abs(offset.offset_ms) > AV_MAX_LAG_MS - 1000 / fps:
+                report.av_warning = (
+                    f"the best lag is at the edge of the ±{AV_MAX_LAG_MS:g} ms search: the real offset may "
+                    "be larger, or the mouth does not follow this speech"
+                )
     if syncnet is not None and speech is not None:
         _syncnet(report, footage, tracks, speech, syncnet)
     if slices is not None:
         write_png(slices, side_by_side(panels))
     return report
+
+
+def _check_lengths(speech_name: str | None, speech_s: float, video_name: str, video_s: float) -> None:
+    """Speech and video of one recording, as ``prepare`` requires (their ends are then aligned by
+    trimming or padding the envelope to the video's frames).
+
+    Raises:
+        InputError: they differ by more than ``MAX_AV_MISMATCH_S``.
+    """
+    if video_s > 0 and abs(speech_s - video_s) > MAX_AV_MISMATCH_S:
+        raise InputError(
+            f"{speech_name}: the speech lasts {speech_s:.2f} s and {video_name} {video_s:.2f} s; they differ "
+            f"by more than {MAX_AV_MISMATCH_S:g} s, so they do not belong together (pass the speech of "
+            "this video, or trim one of them)"
+        )
 
 
 def _compare(
