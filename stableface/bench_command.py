@@ -31,6 +31,7 @@ BENCHMARKS = {
 def add_bench_parser(sub: Any) -> None:
     bench = sub.add_parser(
         "bench",
+        epilog="example: stableface bench latency --quick",
         help="run a benchmark (latency, throughput, ceiling, ...); results in results/",
         description="Run one of the benchmark scripts in benchmarks/ with its own arguments, e.g. "
         "`stableface bench latency --quick` or `stableface bench throughput --help`. Each writes "

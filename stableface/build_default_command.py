@@ -13,6 +13,7 @@ from stableface.argtypes import positive_int
 def add_build_default_parser(sub: Any) -> None:
     build = sub.add_parser(
         "build-default",
+        epilog="example: stableface build-default --out /tmp/default_avatar",
         help="rebuild the bundled default avatar from a seed (project-made data only)",
         description="Generate the synthetic astronaut talking face, prepare it, train the `mini` renderer "
         "and smoothing on it, train the audio model on a corpus of augmented generated speech, and write "

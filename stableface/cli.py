@@ -262,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     prepare = sub.add_parser(
         "prepare",
+        epilog="example: stableface prepare me_talking.mp4 --out my_avatar_ds",
         help="build an avatar dataset from a talking-head video",
         description="Decode a talking-head video (25 fps, 16 kHz mono), track the face in every frame, fit "
         "the per-avatar face model and write crops, face-shape images, mouth masks and log-mel features "
@@ -303,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser(
         "train",
+        epilog="example: stableface train my_avatar_ds --out my_avatar --preset small",
         help="train an avatar from a dataset made by prepare",
         description="Train the audio-to-expression model, the StableFace renderer and adaptive smoothing "
         "on a dataset from `stableface prepare`, validating on the held-out last 20%% of the video, and "
@@ -380,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     render = sub.add_parser(
         "render",
+        epilog="example: stableface render default speech.wav --out talking.mp4",
         help="render a speech file with an avatar into an MP4",
         description="Drive an avatar with a whole speech file offline (centred adaptive smoothing) and write "
         "an H.264 + AAC MP4 with the speech as its sound track.",
@@ -407,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser(
         "export",
+        epilog="example: stableface export my_avatar --backend onnxruntime-cpu",
         help="export an avatar's networks for ONNX Runtime or TensorRT",
         description="Export the avatar's streaming graphs (audio-to-expression, causal smoothing weights, "
         "renderer chunk with its cached past frames) to ONNX beside the bundle, in AVATAR/engines/, with a "
@@ -435,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     synth = sub.add_parser(
         "synth",
+        epilog="example: stableface synth --out face.mp4 --seconds 8",
         help="generate a synthetic talking-face video (for tests and demos)",
         description="Animate the public-domain astronaut portrait shipped with scikit-image so that its "
         "mouth follows generated speech-like audio. Deterministic from --seed.",

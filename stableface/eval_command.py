@@ -23,6 +23,7 @@ def add_eval_parsers(sub: Any) -> None:
     """Register ``eval`` and ``ablate`` on the ``stableface`` sub-command parser."""
     evaluate = sub.add_parser(
         "eval",
+        epilog="example: stableface eval talking.mp4 --reference real.mp4 --json report.json",
         help="measure a video: MSI (lip, jaw), sharpness, and against a reference SSIM and NLMD",
         description="Measure the motion stability (MSI, paper Eq. 2-4, with its normalisation: a fixed box "
         "from the first 5 frames, mouth width 0.25 of it, 256x256) of lips and jaw, and CPBD sharpness, "
@@ -44,6 +45,7 @@ def add_eval_parsers(sub: Any) -> None:
 
     ablate = sub.add_parser(
         "ablate",
+        epilog="example: stableface ablate my_avatar_ds --out ablation --preset small",
         help="train the Table V variants on a dataset and compare them on its held-out tail",
         description="Train (or take, when OUT already holds them) the full model and the five variants of "
         "the paper's Table V (without audio fusion / adaptive smoothing / augmented erosion / dependency "

@@ -31,6 +31,7 @@ CHUNK_HELP = (
 def add_serve_parser(sub: Any) -> None:
     serve = sub.add_parser(
         "serve",
+        epilog="example: stableface serve --avatar my_avatar --port 8080 --token SECRET",
         help="serve avatars live over WebRTC (browser client at /)",
         description="Start the WebRTC avatar server: the browser client at /, POST /offer for SDP "
         "signalling, /healthz and Prometheus /metrics. Each call sends microphone audio and receives the "
@@ -131,6 +132,7 @@ def add_serve_parser(sub: Any) -> None:
 def add_live_parser(sub: Any) -> None:
     live = sub.add_parser(
         "live",
+        epilog="example: stableface live --avatar default --mic --window",
         help="drive an avatar from a local microphone or a file, to a window, virtual camera or Y4M",
         description="The live pipeline without a browser. Input: a microphone (--mic, PortAudio) or a "
         "speech file played in real time (--audio). Outputs (any number): --window, --virtual-camera, "

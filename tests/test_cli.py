@@ -4,12 +4,14 @@ generator."""
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from engines.bundle_paths import DEFAULT_AVATAR_DIR
 from engines.media.decode import probe_media
 from stableface.cli import main
 
@@ -54,6 +56,24 @@ def test_every_command_explains_itself(command: str) -> None:
     assert result.stdout.startswith(f"usage: stableface {command}"), result.stdout[:200]
     for option in COMMANDS[command]:
         assert option in result.stdout, (command, option)
+    example = result.stdout.split("example: ")[-1].split()
+    assert example[:2] == ["stableface", command], result.stdout[-300:]
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_commands_example_is_a_valid_command_line(command: str) -> None:
+    import shlex
+
+    from stableface.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    epilog = subparsers.choices[command].epilog
+    assert epilog is not None and epilog.startswith("example: stableface ")
+    words = shlex.split(epilog.removeprefix("example: stableface "))
+    if "default" in words and not (DEFAULT_AVATAR_DIR / "avatar.json").is_file():
+        pytest.skip("the example names the bundled default avatar, which this checkout lacks")
+    parser.parse_args(words)  # exits (failing the test) on an unknown option or a missing argument
 
 
 def test_the_top_level_help_lists_every_command_and_no_other() -> None:
