@@ -413,9 +413,10 @@ class RenderPool:
             self.restarts += 1
         try:
             worker.wait_ready()
-        except StableFaceError as exc:  # its death has scheduled the next attempt
+        except StableFaceError as exc:  # its death schedules the next attempt
             if not self._closing:
                 logger.error("render worker %d did not restart: %s", number, exc)
+                worker.kill()  # one stuck loading would otherwise never be replaced
             return
         self._delays[number] = RESTART_DELAY_S
         logger.info("render worker %d restarted (pid %s)", number, worker.pid)

@@ -155,7 +155,7 @@ async def test_a_hung_render_worker_is_killed_so_its_calls_end_instead_of_freezi
             async with asyncio.timeout(10):
                 while True:
                     await anext(frames)
-        assert 2.0 <= time.monotonic() - stopped < 6.0
+        assert 1.9 <= time.monotonic() - stopped < 6.0  # 2 s silent (its last frame: just before the stop)
         await call.close()
         await pool.wait_all_ready(60)
         assert pool.restarts == 1
