@@ -68,6 +68,24 @@ class RedactedAccessLogger(AbstractAccessLogger):
         )
 
 
+def tls_context(settings: ServerSettings) -> ssl.SSLContext | None:
+    """The server's TLS context from ``cert_file``/``key_file`` (None without them); checked before
+    the render workers start, so a bad pair is reported at once.
+
+    Raises:
+        InputError: the certificate or key cannot be loaded.
+    """
+    cert, key = settings.cert_file, settings.key_file
+    if cert is None or key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise InputError(f"cannot load the TLS certificate {cert} / key {key}: {exc}") from None
+    return context
+
+
 class AvatarServer:
     """The aiohttp application and the calls it runs.
 
@@ -332,15 +350,7 @@ class AvatarServer:
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """TLS from ``cert``/``key`` (browsers allow the microphone only on https or localhost)."""
-        cert, key = self.settings.cert_file, self.settings.key_file
-        if cert is None or key is None:
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        try:
-            context.load_cert_chain(cert, key)
-        except (OSError, ssl.SSLError) as exc:
-            raise InputError(f"cannot load the TLS certificate {cert} / key {key}: {exc}") from None
-        return context
+        return tls_context(self.settings)
 
     async def start(self) -> web.AppRunner:
         """Listen (for tests and embedding); stop with ``await runner.cleanup()``."""

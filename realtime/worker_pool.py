@@ -103,6 +103,7 @@ class RenderWorker:
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._stopping = False
+        self._gone = threading.Event()  # the process has exited and been reaped (by ``_lost``)
         self._outbox: queue.SimpleQueue[ToWorker | None] = queue.SimpleQueue()
         context = multiprocessing.get_context("spawn")
         self._connection, child = context.Pipe()
@@ -174,8 +175,8 @@ class RenderWorker:
             self._calls.pop(number, None)
 
     def kill(self) -> None:
-        """SIGKILL the process (tests; a crash looks the same)."""
-        if self.process.pid is not None:
+        """SIGKILL the process (tests; a crash looks the same); nothing once it has been reaped."""
+        if self.process.pid is not None and not self._gone.is_set():
             os.kill(self.process.pid, signal.SIGKILL)
 
     def kill_if_hung(self, hung_after_s: float) -> None:
@@ -193,11 +194,10 @@ class RenderWorker:
         self._stopping = True
         self.send(Shutdown())
         self._outbox.put(None)
-        self.process.join(timeout_s)
-        if self.process.is_alive():
+        if not self._gone.wait(timeout_s):
             logger.warning("render worker %d did not exit within %.0f s: killed", self.number, timeout_s)
-            self.process.kill()
-            self.process.join()
+            self.kill()
+            self._gone.wait(timeout_s)
 
     # ------------------------------------------------------------------ the pipe's threads
 
@@ -255,7 +255,10 @@ class RenderWorker:
             calls, self._calls = list(self._calls.values()), {}
         self._ready.set()
         self._outbox.put(None)
+        # The one place that waits for the process: two threads reaping one child race (the
+        # loser sees it "alive" after it has gone, and its pid may already be another's).
         self.process.join(1.0)
+        self._gone.set()
         if calls and not self._stopping:
             logger.error(
                 "render worker %d (pid %s) died with %d calls (exit code %s): ending them",

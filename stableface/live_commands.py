@@ -168,7 +168,7 @@ def stream_settings(args: argparse.Namespace) -> StreamSettings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from realtime.server import AvatarServer
+    from realtime.server import AvatarServer, tls_context
     from realtime.worker_pool import RenderPool
 
     settings = validated(  # before any model is loaded
@@ -194,6 +194,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         key_file=args.key,
         timeouts=PeerTimeouts(max_session_s=60 * (args.max_session_minutes or 0)),
     )
+    tls_context(settings)  # a bad certificate is reported before the render workers start
     pool = RenderPool.start(
         args.avatar or ["default"],
         args.backend,
