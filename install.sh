@@ -56,6 +56,12 @@ if [[ -f "$stamp" ]]; then
     exit 0
 fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+# Environments made before the face mesh moved to ONNX carry mediapipe and its two OpenCV builds,
+# which would shadow opencv-python-headless's cv2: take them out once.
+if "$venv/bin/pip" show --quiet mediapipe >/dev/null 2>&1; then
+    echo "install.sh: removing mediapipe and its OpenCV builds (the face mesh now runs on ONNX Runtime)" >&2
+    "$venv/bin/pip" uninstall --quiet --yes mediapipe opencv-contrib-python opencv-python >/dev/null
+fi
 # torch first and alone: with it in place, the project's torch>=2.4 range installs nothing more.
 "$venv/bin/pip" install --quiet "$torch_spec"
 target="."

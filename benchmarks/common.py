@@ -75,13 +75,20 @@ def today() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d")
 
 
+def _numpy_scalar(value: object) -> object:
+    """JSON for numpy scalars (numpy 2 keeps float32 results float32, which json refuses)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
 def write_results(
     folder: Path, name: str, result: dict[str, Any], markdown: str, quick: bool, label: str | None = None
 ) -> Path:
     """Write ``<name>-<date>[-<label>][-quick].json`` and ``.md`` into ``folder``; returns the JSON path."""
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"{name}-{result['date']}" + (f"-{label}" if label else "") + ("-quick" if quick else "")
-    (folder / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (folder / f"{stem}.json").write_text(json.dumps(result, indent=2, default=_numpy_scalar) + "\n")
     (folder / f"{stem}.md").write_text(markdown)
     return folder / f"{stem}.json"
 

@@ -53,7 +53,7 @@ def to_signed(images: ImageRGB) -> FloatArray:
 def to_image(signed: FloatArray) -> ImageRGB:
     """(..., 3, S, S) float in [-1, 1] → (..., S, S, 3) uint8 RGB (clipped, truncated)."""
     channels_last = np.moveaxis(np.asarray(signed, dtype=np.float32), -3, -1)
-    return np.clip((channels_last + 1.0) * 127.5, 0, 255).astype(np.uint8)
+    return np.asarray(np.clip((channels_last + 1.0) * 127.5, 0, 255), dtype=np.uint8)
 
 
 def erode(crop: ImageRGB, mask: Mask) -> ImageRGB:

@@ -29,7 +29,7 @@ def _as_planar_float(samples: npt.NDArray[np.generic]) -> FloatArray:
             f"audio must be (samples,) or (samples, channels<= {MAX_CHANNELS}), got {array.shape}"
         )
     if np.issubdtype(array.dtype, np.integer):
-        scale = float(np.iinfo(array.dtype.type).max) + 1.0  # type: ignore[type-var]
+        scale = float(np.iinfo(array.dtype.type).max) + 1.0
         planar = array.T.astype(np.float32) / scale
     elif np.issubdtype(array.dtype, np.floating):
         planar = array.T.astype(np.float32)

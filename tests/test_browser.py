@@ -129,6 +129,7 @@ def test_chromium_talks_to_the_avatar(served_avatar: str, tmp_path: Path) -> Non
     from engines.bundle import DEFAULT_AVATAR_DIR, AvatarBundle
 
     decoded = cv2.imdecode(np.frombuffer(screenshot, np.uint8), cv2.IMREAD_GRAYSCALE)
+    assert decoded is not None
     x, y, w, h = (int(round(v * box[4])) for v in box[:4])
     decoded = decoded[y : y + h, x : x + w]
     shot = cv2.resize(decoded, (96, 96), interpolation=cv2.INTER_AREA).astype(np.float32)
@@ -204,9 +205,9 @@ def test_chromium_sees_the_default_avatar_talk(tmp_path: Path) -> None:
                 assert driver.execute_script("return window.stableface.status") != "error"
                 if data:
                     png = base64.b64decode(data.split(",", 1)[1])
-                    frame = np.asarray(
-                        cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
-                    )
+                    decoded = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+                    assert decoded is not None
+                    frame = np.asarray(decoded[..., ::-1], dtype=np.uint8)
                     scores.append(probe.score(frame))
                 time.sleep(0.06)
             driver.find_element(By.ID, "stop").click()

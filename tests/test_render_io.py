@@ -4,6 +4,9 @@ Training samples and streaming inputs of the same frame are the same arrays, and
 avatars render are those the code produced before the definitions were merged: SHA-256 digests
 of every frame recorded then (``tests/golden/frames.json``) for the bundled default avatar and a
 `tiny` avatar trained on generated data (``tests/golden/tiny_avatar``), offline and streaming.
+Re-recorded once when the project moved from numpy 1.26 to numpy 2: numpy 2's float32 arithmetic
+changed at most one grey level in about 1e-5 of the pixels (same OpenCV build; 3 to 40 of each
+100 digests changed).
 """
 
 from __future__ import annotations

@@ -141,10 +141,11 @@ def _lead_samples(engine: AvatarEngine) -> int:
 
 def _onsets(active: np.ndarray, quiet_before: int) -> list[int]:
     """Indices where ``active`` turns on after at least ``quiet_before`` inactive steps."""
-    found, last_active = [], -quiet_before - 1
-    for index in np.flatnonzero(active):
+    found: list[int] = []
+    last_active = -quiet_before - 1
+    for index in (int(i) for i in np.flatnonzero(active)):
         if index - last_active > quiet_before:
-            found.append(int(index))
+            found.append(index)
         last_active = index
     return found
 

@@ -292,8 +292,8 @@ def _series_clip(
     series: Array, audio_series: Array, frames: int, lead: int
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]:
     """Video showing ``series[t]`` at frame t; audio carrying ``audio_series[m + lead]`` at frame m."""
-    video = np.repeat(np.round(250 * series[:frames])[:, None, None, None], 3, axis=3)
-    video = np.broadcast_to(video, (frames, 16, 16, 3)).astype(np.uint8)
+    grey = np.repeat(np.round(250 * series[:frames])[:, None, None, None], 3, axis=3)
+    video = np.broadcast_to(grey, (frames, 16, 16, 3)).astype(np.uint8)
     amplitude = np.repeat(audio_series[np.arange(frames) + lead], SPF)
     tone = np.sin(2 * np.pi * 1000 * np.arange(frames * SPF) / RATE)
     return video, (0.5 * amplitude * tone).astype(np.float32)

@@ -92,7 +92,7 @@ class FaceModel:
             + mouth_params @ self.mouth_basis.reshape(self.mouth_dims, -1)
             + upper_params @ self.upper_basis.reshape(self.upper_dims, -1)
         )
-        return flat.reshape(-1, n, 3).astype(np.float32)
+        return np.asarray(flat.reshape(-1, n, 3), dtype=np.float32)
 
     def encode(self, aligned: FloatArray) -> tuple[FloatArray, FloatArray]:
         """Parameters of aligned shapes (least squares, the bases being orthonormal).

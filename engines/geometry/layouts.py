@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
 from engines.errors import InputError
+
+_TRIANGLES_FILE = Path(__file__).resolve().parent / "data" / "mediapipe478_triangles.npy"
 
 IntArray = npt.NDArray[np.int32]
 
@@ -109,23 +112,16 @@ def anchors_for(layout_name: str) -> LayoutAnchors:
 
 @cache
 def mediapipe_triangles() -> IntArray:
-    """Triangles of MediaPipe's face mesh, recovered from its tessellation edges.
+    """Triangles of MediaPipe's face mesh.
 
-    MediaPipe ships the tessellation as an edge list; its triangles are the 3-cliques of that
-    graph (the mouth and eyes stay holes because their rings have no chords).
+    MediaPipe ships its tessellation as an edge list (``FACEMESH_TESSELATION``, 0.10.21); its
+    triangles are the 3-cliques of that graph (the mouth and eyes stay holes because their rings
+    have no chords). They were recovered once and are stored in ``data/mediapipe478_triangles.npy``.
 
     Returns:
-        (M, 3) int32 vertex indices, M = 854 for mediapipe 0.10.21.
+        (854, 3) int32 vertex indices.
     """
-    from mediapipe.python.solutions.face_mesh_connections import FACEMESH_TESSELATION
-
-    edges = {(min(a, b), max(a, b)) for a, b in FACEMESH_TESSELATION}
-    neighbours: dict[int, set[int]] = {}
-    for a, b in edges:
-        neighbours.setdefault(a, set()).add(b)
-        neighbours.setdefault(b, set()).add(a)
-    triangles = {tuple(sorted((a, b, c))) for a, b in edges for c in neighbours[a] & neighbours[b]}
-    return np.array(sorted(triangles), dtype=np.int32)
+    return np.asarray(np.load(_TRIANGLES_FILE), dtype=np.int32)
 
 
 def delaunay_triangles(points_2d: npt.NDArray[np.float32], hole: tuple[int, ...]) -> IntArray:

@@ -92,7 +92,7 @@ def frame_signal(signal: FloatArray, frame_len: int, frame_step: int) -> FloatAr
     padded_len = (count - 1) * frame_step + frame_len
     padded = np.concatenate([np.asarray(signal, np.float64), np.zeros(padded_len - length, np.float64)])
     starts = np.arange(count) * frame_step
-    return padded[starts[:, None] + np.arange(frame_len)[None, :]]
+    return np.asarray(padded[starts[:, None] + np.arange(frame_len)[None, :]], dtype=np.float64)
 
 
 def mfcc(

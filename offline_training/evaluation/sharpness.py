@@ -157,7 +157,9 @@ def _run_lengths(steps: BoolArray) -> IntArray:
 def _marziliano_widths(edges: BoolArray, gray: FloatArray) -> FloatArray:
     """(H, W) edge widths along rows at horizontal-gradient edge pixels, 0 elsewhere."""
     height, width = gray.shape
-    gradient_y, gradient_x = np.gradient(gray)
+    gradients = np.gradient(gray)
+    gradient_y = np.asarray(gradients[0], dtype=np.float64)
+    gradient_x = np.asarray(gradients[1], dtype=np.float64)
     angles = np.zeros_like(gray)
     nonzero_x = gradient_x != 0
     angles[nonzero_x] = np.arctan2(gradient_y[nonzero_x], gradient_x[nonzero_x]) * (180 / np.pi)

@@ -306,7 +306,7 @@ def _check_inputs(frames: VideoRGB, audio: FloatArray) -> int:
             count / FPS,
             min(count, audio_frames),
         )
-    used = min(count, audio_frames)
+    used = int(min(count, audio_frames))
     if used < MIN_FRAMES:
         raise InputError(f"SyncNet needs at least {MIN_FRAMES} frames with audio, got {used}")
     return used

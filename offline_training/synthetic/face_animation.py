@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 import cv2
 import numpy as np
@@ -68,9 +69,9 @@ def head_motion_track(seed: int, frames: int, fps: float) -> list[HeadMotion]:
     return [HeadMotion(float(a), float(b), float(c)) for a, b, c in zip(dx, dy, angle, strict=True)]
 
 
-def _smoothstep(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    x = np.clip(x, 0.0, 1.0)
-    return x * x * (3 - 2 * x)
+def _smoothstep(x: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
+    clipped = np.clip(np.asarray(x, dtype=np.float64), 0.0, 1.0)
+    return np.asarray(clipped * clipped * (3 - 2 * clipped), dtype=np.float64)
 
 
 # Only this window of the portrait changes when the mouth opens.

@@ -1,59 +1,30 @@
-"""MediaPipe Face Mesh: 478 3D points (468 mesh + 10 iris), models shipped in the mediapipe wheel."""
+"""MediaPipe Face Mesh (478 3D points: 468 mesh + 10 iris) on ONNX Runtime.
+
+The models are MediaPipe 0.10.21's own face detector and attention landmark model, converted once
+to ONNX (``face_mesh/models``, see its README) and run here with the detection -> landmarks ->
+tracking-rectangle loop of MediaPipe's ``FaceLandmarkFrontCpu`` graph: the detector runs only
+when there is no face from the previous frame, each frame's landmarks give the next frame's
+rectangle, and a face whose presence probability falls below 0.5 is dropped (the next frame
+detects again). No ``mediapipe`` package is needed.
+"""
 
 from __future__ import annotations
 
-import os
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from engines.errors import InputError
 from engines.geometry.trackers.base import FloatArray, ImageRGB, LandmarkLayout
-from engines.process_hold import CountedHold
+from engines.geometry.trackers.face_mesh.rects import NormRect, rect_from_box, rect_from_landmarks
+
+if TYPE_CHECKING:
+    from engines.geometry.trackers.face_mesh.detector import FaceDetector
+    from engines.geometry.trackers.face_mesh.landmarker import FaceLandmarker
 
 LAYOUT = LandmarkLayout("mediapipe478", 478, has_depth=True)
-
-
-def _stderr_to_devnull() -> int | None:
-    """Point file descriptor 2 at /dev/null; returns a duplicate of the real one (None: no stderr)."""
-    sys.stderr.flush()
-    try:
-        saved = os.dup(2)
-    except OSError:  # no usable stderr: nothing to protect
-        return None
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    os.close(devnull)
-    return saved
-
-
-def _stderr_back(saved: int | None) -> None:
-    if saved is not None:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-# Counted, so that trackers starting on several threads at once restore the real stderr, not each
-# other's /dev/null.
-_SILENCED_STDERR = CountedHold(_stderr_to_devnull, _stderr_back)
-
-
-@contextmanager
-def native_stderr_silenced() -> Iterator[None]:
-    """Send the process's stderr (file descriptor 2) to /dev/null inside the block only.
-
-    MediaPipe's graphs print absl warnings and TF Lite info lines straight to file descriptor 2
-    while they start and on their first frame; neither GLOG_minloglevel nor TF_CPP_MIN_LOG_LEVEL
-    stops them. They mean nothing to a user and break progress bars. Python's own stderr output
-    written inside the block is lost too, so keep the block to the graph's start.
-    """
-    _SILENCED_STDERR.acquire()
-    try:
-        yield
-    finally:
-        _SILENCED_STDERR.release()
+# The outer eye corners: the line between them sets the tracking rectangle's rotation.
+ROTATION_FROM, ROTATION_TO = 33, 263
 
 
 class MediaPipeTracker:
@@ -61,14 +32,20 @@ class MediaPipeTracker:
 
     Args:
         min_detection_confidence: face detector threshold.
-        min_tracking_confidence: below this the next frame runs the detector again.
+        min_tracking_confidence: below this face-presence probability the next frame runs the
+            detector again.
+        threads: ONNX Runtime intra-op threads per model.
     """
 
-    def __init__(self, min_detection_confidence: float = 0.5, min_tracking_confidence: float = 0.5) -> None:
+    def __init__(
+        self, min_detection_confidence: float = 0.5, min_tracking_confidence: float = 0.5, threads: int = 1
+    ) -> None:
         self._detection = min_detection_confidence
         self._tracking = min_tracking_confidence
-        self._mesh: Any = None
-        self._warm = False
+        self._threads = threads
+        self._detector: FaceDetector | None = None
+        self._landmarker: FaceLandmarker | None = None
+        self._rect: NormRect | None = None
 
     @property
     def name(self) -> str:
@@ -78,40 +55,51 @@ class MediaPipeTracker:
     def layout(self) -> LandmarkLayout:
         return LAYOUT
 
-    def _graph(self) -> Any:
-        if self._mesh is None:
-            from mediapipe.python.solutions.face_mesh import FaceMesh
+    def _models(self) -> tuple[FaceDetector, FaceLandmarker]:
+        if self._detector is None or self._landmarker is None:
+            from engines.geometry.trackers.face_mesh.detector import FaceDetector
+            from engines.geometry.trackers.face_mesh.landmarker import FaceLandmarker
+            from engines.geometry.trackers.face_mesh.sessions import DETECTOR_MODEL, LANDMARK_MODEL
 
-            self._mesh = FaceMesh(
-                static_image_mode=False,
-                max_num_faces=1,
-                refine_landmarks=True,
-                min_detection_confidence=self._detection,
-                min_tracking_confidence=self._tracking,
+            try:
+                self._detector = FaceDetector(DETECTOR_MODEL, self._detection, self._threads)
+                self._landmarker = FaceLandmarker(LANDMARK_MODEL, self._threads)
+            except FileNotFoundError as error:
+                raise InputError(f"{error}: reinstall the project (./install.sh)") from None
+        return self._detector, self._landmarker
+
+    def track_normalized(self, frame: ImageRGB) -> FloatArray | None:
+        """(478, 3) points normalised as MediaPipe reports them (x, y by the frame, z by its width)."""
+        detector, landmarker = self._models()
+        height, width = frame.shape[:2]
+        frame = np.ascontiguousarray(frame)
+        if self._rect is None:
+            detection = detector.detect(frame)
+            if detection is None:
+                return None
+            keypoints = detection.keypoints
+            self._rect = rect_from_box(
+                detection.box, tuple(keypoints[0]), tuple(keypoints[1]), (width, height)
             )
-        return self._mesh
+        points, presence = landmarker.landmarks(frame, self._rect)
+        if presence < self._tracking:
+            self._rect = None
+            return None
+        self._rect = rect_from_landmarks(points, ROTATION_FROM, ROTATION_TO, (width, height))
+        return points
 
     def track(self, frame: ImageRGB) -> FloatArray | None:
         """(478, 3) pixel-unit points of the face in an (H, W, 3) RGB frame, or None."""
-        height, width = frame.shape[:2]
-        if self._warm:
-            result = self._graph().process(np.ascontiguousarray(frame))
-        else:
-            with native_stderr_silenced():
-                result = self._graph().process(np.ascontiguousarray(frame))
-            self._warm = True
-        faces = result.multi_face_landmarks
-        if not faces:
+        points = self.track_normalized(frame)
+        if points is None:
             return None
-        points = np.array([(p.x, p.y, p.z) for p in faces[0].landmark], dtype=np.float32)
-        points *= np.array([width, height, width], dtype=np.float32)
-        return points
+        height, width = frame.shape[:2]
+        return points * np.array([width, height, width], dtype=np.float32)
 
     def reset(self) -> None:
-        self.close()
+        self._rect = None
 
     def close(self) -> None:
-        if self._mesh is not None:
-            self._mesh.close()
-            self._mesh = None
-        self._warm = False
+        self._detector = None
+        self._landmarker = None
+        self._rect = None

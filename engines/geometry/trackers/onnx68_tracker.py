@@ -1,8 +1,9 @@
 """Any 68-point (iBUG layout) landmark network in ONNX format, given by path.
 
 The network sees a square crop of about 1.1x the face box, RGB in [0, 1], and returns (x, y)
-pairs normalised to the crop. The face box comes from MediaPipe's face detector (shipped in its
-wheel) on the first frame or after a loss, and afterwards from the previous frame's landmarks.
+pairs normalised to the crop. The face box comes from MediaPipe's short-range face detector (the
+ONNX copy in ``face_mesh/models``) on the first frame or after a loss, and afterwards from the
+previous frame's landmarks.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import numpy as np
 
 from engines.errors import InputError
 from engines.geometry.trackers.base import FloatArray, ImageRGB, LandmarkLayout
-from engines.geometry.trackers.mediapipe_tracker import native_stderr_silenced
 
 LAYOUT = LandmarkLayout("ibug68", 68, has_depth=False)
 CROP_SCALE = 1.1
@@ -79,21 +79,18 @@ class Onnx68Tracker:
     def _detect(self, frame: ImageRGB) -> tuple[float, float, float] | None:
         """Centre x, centre y and side of the most confident face box, or None."""
         if self._detector is None:
-            from mediapipe.python.solutions.face_detection import FaceDetection
+            from engines.geometry.trackers.face_mesh.detector import FaceDetector
+            from engines.geometry.trackers.face_mesh.sessions import DETECTOR_MODEL
 
-            with native_stderr_silenced():
-                self._detector = FaceDetection(model_selection=1, min_detection_confidence=0.5)
-                result = self._detector.process(np.ascontiguousarray(frame))
-        else:
-            result = self._detector.process(np.ascontiguousarray(frame))
-        if not result.detections:
+            self._detector = FaceDetector(DETECTOR_MODEL, min_score=0.5)
+        detection = self._detector.detect(np.ascontiguousarray(frame))
+        if detection is None:
             return None
         height, width = frame.shape[:2]
-        best = max(result.detections, key=lambda d: d.score[0])
-        box = best.location_data.relative_bounding_box
-        side = max(box.width * width, box.height * height)
+        xmin, ymin, box_width, box_height = detection.box
+        side = max(box_width * width, box_height * height)
         # MediaPipe's box stops at the brows; the 68 points reach the chin: shift it down a little.
-        return (box.xmin + box.width / 2) * width, (box.ymin + box.height / 2) * height + 0.1 * side, side
+        return (xmin + box_width / 2) * width, (ymin + box_height / 2) * height + 0.1 * side, side
 
     def _run(self, frame: ImageRGB, cx: float, cy: float, side: float) -> FloatArray:
         size = self._input_size
@@ -149,6 +146,4 @@ class Onnx68Tracker:
 
     def close(self) -> None:
         self._previous = None
-        if self._detector is not None:
-            self._detector.close()
-            self._detector = None
+        self._detector = None
