@@ -4,6 +4,7 @@
 #   ./install.sh dev        the engine plus test tools (ruff, mypy, pytest) and, where apt-get can
 #                           be used (root), the system programs the tests drive: Debian's chromium
 #                           and chromium-driver (browser test), ffmpeg (Y4M pipe test) and haproxy (scale-out test)
+#   ./install.sh dev,pipecat  the same plus pipecat-ai (the pipecat video service; ./test.sh uses this)
 # Environment: PYTHON (interpreter to build the venv with, 3.11 or 3.12),
 #              TORCH_SPEC (default torch==2.13.0; e.g. a CPU-only or CUDA build of your choice).
 set -euo pipefail

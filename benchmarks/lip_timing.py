@@ -40,6 +40,38 @@ def playout_times(recording: ClientRecording) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(samples), np.concatenate(times)
 
 
+def received_loudness(recording: ClientRecording, hop_s: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """The received sound's RMS on a ``hop_s`` grid of the playout clock: (times, RMS), each (T,)."""
+    audio, times = playout_times(recording)
+    if len(times) < 2:
+        return np.zeros(0), np.zeros(0)
+    grid = np.arange(times[0], times[-1], hop_s)
+    slots = (np.searchsorted(grid, times, side="right") - 1).clip(0)
+    power = np.bincount(slots, weights=audio.astype(np.float64) ** 2, minlength=len(grid))[: len(grid)]
+    counts = np.bincount(slots, minlength=len(grid))[: len(grid)].clip(1)
+    return grid, np.sqrt(power / counts)
+
+
+def lips_after_sound_ms(
+    arrivals: np.ndarray, scores: np.ndarray, grid: np.ndarray, loudness: np.ndarray, span_ms: int = 300
+) -> tuple[float, float]:
+    """The lag (ms, > 0: the lips come after the sound) that best correlates the mouth score of the
+    frames arriving at ``arrivals`` with the received loudness, and that correlation (-1 if none):
+    lip sync as the caller sees and hears it, with no onset detection and no threshold."""
+    best = (0.0, -1.0)
+    if len(grid) < 2 or len(scores) < 10:
+        return best
+    for lag_ms in range(-span_ms, span_ms + 1, 10):
+        index = np.searchsorted(grid, arrivals - lag_ms / 1000).clip(0, len(grid) - 1)
+        level = loudness[index]
+        if level.std() == 0 or scores.std() == 0:
+            continue
+        corr = float(np.corrcoef(scores, level)[0, 1])
+        if corr > best[1]:
+            best = (float(lag_ms), corr)
+    return best
+
+
 def audio_delays_s(
     signal: TestSignal, started: float, recording: ClientRecording, onsets: np.ndarray
 ) -> list[float | None]:

@@ -112,7 +112,7 @@ def envelope_db(audio: FloatArray, rate_hz: int) -> FloatArray:
     hop = _hop(rate_hz)
     count = len(audio) // hop
     power = (audio[: count * hop].astype(np.float64).reshape(count, hop) ** 2).mean(1)
-    return (10 * np.log10(power + 1e-12)).astype(np.float32)
+    return np.asarray(10 * np.log10(power + 1e-12), dtype=np.float32)
 
 
 def _peak_db(audio: FloatArray) -> float:

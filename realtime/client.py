@@ -119,6 +119,7 @@ class AvatarClient:
             (``realtime.rtp_buffers``); False keeps aiortc's own receive buffering.
         source_address: the local address to send the offer from (None: the system's choice);
             on loopback, ``127.0.0.N`` makes callers distinct addresses, as separate machines are.
+        offer_path: where the server takes offers (``offer``; pipecat's demo bot: ``api/offer``).
     """
 
     def __init__(
@@ -130,6 +131,7 @@ class AvatarClient:
         keep_images: bool = True,
         prompt_buffers: bool = True,
         source_address: str | None = None,
+        offer_path: str = "offer",
     ) -> None:
         self.url = url.rstrip("/")
         self.audio = audio
@@ -138,6 +140,7 @@ class AvatarClient:
         self.keep_images = keep_images
         self.prompt_buffers = prompt_buffers
         self.source_address = source_address
+        self.offer_path = offer_path.strip("/")
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.recording = ClientRecording()
         self.frames_received = 0
@@ -169,7 +172,7 @@ class AvatarClient:
         local = aiohttp.TCPConnector(local_addr=(self.source_address, 0)) if self.source_address else None
         async with (
             aiohttp.ClientSession(connector=local, timeout=aiohttp.ClientTimeout(total=timeout_s)) as http,
-            http.post(f"{self.url}/offer", json=body, headers=headers) as response,
+            http.post(f"{self.url}/{self.offer_path}", json=body, headers=headers) as response,
         ):
             answer = await response.json()
             if response.status != 200:

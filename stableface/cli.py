@@ -30,6 +30,7 @@ from stableface.bench_command import add_bench_parser
 from stableface.build_default_command import add_build_default_parser
 from stableface.eval_command import add_eval_parsers
 from stableface.live_commands import NO_AI_MARK_HELP, add_live_parser, add_serve_parser
+from stableface.pipecat_command import add_pipecat_demo_parser
 
 if TYPE_CHECKING:
     import numpy as np
@@ -456,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(sub)
     add_build_default_parser(sub)
     add_eval_parsers(sub)
+    add_pipecat_demo_parser(sub)
 
     return parser
 

@@ -204,3 +204,16 @@ def test_preset_avatar_makes_a_reusable_untrained_bundle_that_streams(tmp_path: 
     images = [frame.image for frame in frames if frame.image is not None]
     assert len(frames) == len(images) == 5
     assert images[0].shape == (*bundle.manifest.full_frame_size[::-1], 3)
+
+
+def test_pipecat_call_quick_measures_both_bots(tmp_path: Path) -> None:
+    pytest.importorskip("pipecat", reason="the pipecat extra is not installed")
+    module = _load("pipecat_call")
+    assert module.main(["--quick", "--results", str(tmp_path)]) == 0  # the bundled default avatar
+    [result_file] = tmp_path.glob("pipecat_call-*-quick.json")
+    calls = json.loads(result_file.read_text())["calls"]
+    assert [call["bot"] for call in calls] == ["echo", "tts"]
+    for call in calls:
+        assert call["frames_received"] >= 0.8 * call["frames_expected"]
+        assert call["correlation"] > 0.2 and abs(call["lips_after_sound_ms"]) <= 120
+    assert result_file.with_suffix(".md").read_text().startswith("# pipecat call")

@@ -122,4 +122,3 @@ def test_mediapipe_prints_nothing_while_it_starts_and_tracks(capfd: pytest.Captu
     captured = capfd.readouterr()
     assert captured.err == "" and captured.out == ""
     tracker.close()
-
