@@ -3,8 +3,9 @@
 #   ./install.sh            the engine
 #   ./install.sh dev        the engine plus test tools (ruff, mypy, pytest) and, where apt-get can
 #                           be used (root), the system programs the tests drive: Debian's chromium
-#                           and chromium-driver (browser test), ffmpeg (Y4M pipe test) and haproxy (scale-out test)
-#   ./install.sh dev,pipecat  the same plus pipecat-ai (the pipecat video service; ./test.sh uses this)
+#                           and chromium-driver (browser test), ffmpeg (Y4M pipe test), haproxy (scale-out test),
+#                           pulseaudio, pulseaudio-utils, libasound2-plugins, libportaudio2 (virtual microphone test)
+#   ./install.sh dev,pipecat,mic  the same plus pipecat-ai and sounddevice (./test.sh uses this)
 # Environment: PYTHON (interpreter to build the venv with, 3.11 or 3.12),
 #              TORCH_SPEC (default torch==2.13.0; e.g. a CPU-only or CUDA build of your choice).
 set -euo pipefail
@@ -38,6 +39,12 @@ install_test_programs() {
     command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
     command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
     command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+    # The virtual microphone and microphone-capture tests: a headless PulseAudio server, its
+    # command-line clients, ALSA's pulse plugin and PortAudio (what sounddevice opens).
+    command -v pulseaudio >/dev/null 2>&1 || missing+=(pulseaudio)
+    command -v pactl >/dev/null 2>&1 || missing+=(pulseaudio-utils)
+    compgen -G "/usr/lib/*/alsa-lib/libasound_module_pcm_pulse.so" >/dev/null || missing+=(libasound2-plugins)
+    ldconfig -p 2>/dev/null | grep -q libportaudio.so.2 || missing+=(libportaudio2)
     if [[ ${#missing[@]} -eq 0 ]]; then return; fi
     if [[ "$(id -u)" != 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
         echo "install.sh: note: ${missing[*]} not installed (needs apt-get as root); their tests skip" >&2

@@ -2,8 +2,8 @@
 
 Audio is pushed into a real-time ``StreamingSession`` as it is captured (or, from a file, as fast
 as it would be spoken, in 20 ms packets), and every paced output frame goes to each sink. The
-sinks get the video only: the session's delayed audio (``OutputFrame.audio``) is what a call
-must send to stay in sync with the lips; see docs/serving.md.
+frame sinks get the video; audio sinks (the virtual microphone) get the session's delayed audio
+(``OutputFrame.audio``), which leaves with the frame it belongs to.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from engines.media.decode import load_audio
 from engines.timebase import SAMPLE_RATE_HZ
 from realtime.engine import AvatarEngine
 from realtime.session import StreamingSession
-from realtime.sinks import FrameSink, SinkClosed
+from realtime.sinks import AudioSink, FrameSink, SinkClosed
 from realtime.tasks import stop_task
 
 logger = logging.getLogger(__name__)
@@ -126,8 +126,10 @@ async def run_live(
     sinks: list[FrameSink],
     feed: Callable[[StreamingSession], Any],
     max_seconds: float | None = None,
+    audio_sinks: Sequence[AudioSink] = (),
 ) -> LiveReport:
-    """Drive one real-time session with ``feed`` and send every output frame to every sink.
+    """Drive one real-time session with ``feed`` and send every output frame to every sink (its
+    image to ``sinks``, its 40 ms of delayed audio to ``audio_sinks``).
 
     Ends when the input ends (a file), a sink is closed by its viewer, ``max_seconds`` pass or the
     task is cancelled (Ctrl-C); the session and the sinks are closed in every case.
@@ -141,6 +143,8 @@ async def run_live(
                 raise feeder.exception()  # type: ignore[misc]
             for sink in sinks:
                 sink.write(frame.image)
+            for audio_sink in audio_sinks:
+                audio_sink.write(frame.audio)
             if max_seconds is not None and frame.pts_s >= max_seconds:
                 ended_by = "time limit"
                 break
@@ -152,6 +156,8 @@ async def run_live(
         await session.close()
         for sink in sinks:
             sink.close()
+        for audio_sink in audio_sinks:
+            audio_sink.close()
     if feeder.done() and not feeder.cancelled() and feeder.exception() is not None:
         raise feeder.exception()  # type: ignore[misc]
     return LiveReport(stats.frames_out, stats.frames_skipped, stats.latency_ms, ended_by)

@@ -47,6 +47,16 @@ class FrameSink(Protocol):
     def close(self) -> None: ...
 
 
+class AudioSink(Protocol):
+    """Takes the session's delayed audio, 40 ms a frame (the virtual microphone)."""
+
+    def write(self, audio: npt.NDArray[np.float32]) -> None:
+        """Play (S,) 16 kHz mono float32 samples."""
+        ...
+
+    def close(self) -> None: ...
+
+
 def _even(image: ImageRGB) -> ImageRGB:
     return image[: image.shape[0] & ~1, : image.shape[1] & ~1]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -132,11 +133,12 @@ def add_serve_parser(sub: Any) -> None:
 def add_live_parser(sub: Any) -> None:
     live = sub.add_parser(
         "live",
-        epilog="example: stableface live --avatar default --mic --window",
+        epilog="example: stableface live --avatar default --mic --virtual-camera --virtual-mic",
         help="drive an avatar from a local microphone or a file, to a window, virtual camera or Y4M",
         description="The live pipeline without a browser. Input: a microphone (--mic, PortAudio) or a "
         "speech file played in real time (--audio). Outputs (any number): --window, --virtual-camera, "
-        "--y4m PATH or --y4m - (stdout, e.g. | ffplay -).",
+        "--virtual-mic (the delayed audio, for the same call app), --y4m PATH or --y4m - (stdout, "
+        "e.g. | ffplay -).",
     )
     live.add_argument(
         "--avatar", default="default", metavar="PATH|default", help="avatar bundle (default: the bundled one)"
@@ -148,6 +150,14 @@ def add_live_parser(sub: Any) -> None:
     source.add_argument("--audio", type=Path, metavar="FILE", help="speech file, played in real time")
     live.add_argument(
         "--virtual-camera", nargs="?", const="", metavar="DEVICE", help="send to a virtual camera"
+    )
+    live.add_argument(
+        "--virtual-mic",
+        nargs="?",
+        const="stableface_mic",
+        metavar="NAME",
+        help="send the audio, delayed with the lips, to a virtual microphone on the PulseAudio/PipeWire "
+        'server ("StableFace microphone"; removed on exit; default name stableface_mic)',
     )
     live.add_argument("--window", action="store_true", help="show in a window (q or Esc quits)")
     live.add_argument("--y4m", metavar="PATH|-", help="write YUV4MPEG2 video to a file or stdout (-)")
@@ -221,14 +231,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_live(args: argparse.Namespace) -> int:
+    from realtime.live import load_speech
+    from realtime.sinks import AudioSink
+
+    if not (args.window or args.y4m or args.virtual_camera is not None or args.virtual_mic is not None):
+        raise InputError(
+            "choose at least one output: --window, --virtual-camera, --virtual-mic or --y4m PATH|-"
+        )
+    audio = load_speech(args.audio) if args.audio is not None else None
+    with contextlib.ExitStack() as outputs:
+        audio_sinks: list[AudioSink] = []
+        if args.virtual_mic is not None:
+            from realtime.virtual_mic import PulseVirtualMicrophone
+
+            audio_sinks.append(outputs.enter_context(PulseVirtualMicrophone(args.virtual_mic)))
+        return _live_with(args, audio, audio_sinks)
+
+
+def _live_with(args: argparse.Namespace, audio: Any, audio_sinks: list[Any]) -> int:
     from realtime.avatars import AvatarSpec
     from realtime.engine import AvatarEngine
-    from realtime.live import load_speech, push_microphone, push_samples, run_live
+    from realtime.live import push_microphone, push_samples, run_live
     from realtime.sinks import FrameSink, VirtualCameraSink, WindowSink, Y4MSink
 
-    if not (args.window or args.y4m or args.virtual_camera is not None):
-        raise InputError("choose at least one output: --window, --virtual-camera or --y4m PATH|-")
-    audio = load_speech(args.audio) if args.audio is not None else None
     sinks: list[FrameSink] = []
     if args.virtual_camera is not None:
         sinks.append(VirtualCameraSink(args.virtual_camera or None))
@@ -247,7 +272,7 @@ def cmd_live(args: argparse.Namespace) -> int:
             async def feed(session: Any) -> None:
                 await push_microphone(session, args.mic or None)
 
-        report = asyncio.run(run_live(engine, sinks, feed, args.seconds))
+        report = asyncio.run(run_live(engine, sinks, feed, args.seconds, audio_sinks))
     finally:
         engine.close()
     logging.getLogger(__name__).info("live ended: %s", report.ended_by)

@@ -1,0 +1,257 @@
+"""The virtual microphone and microphone capture against a real PulseAudio server.
+
+Each test module run starts Debian's ``pulseaudio`` headless (no D-Bus, no session, its own socket
+in a temporary folder); the tests skip with the reason where it is not installed or cannot start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from scipy.signal import correlate
+
+from benchmarks.lip_timing import lips_after_sound_ms
+from benchmarks.signals import bursts, envelope_db
+from engines.bundle_paths import DEFAULT_AVATAR_DIR
+from engines.errors import InputError
+from engines.media.encode import write_wav
+from engines.timebase import SAMPLE_RATE_HZ
+from offline_training.synthetic.speech import synthesize_speech
+from realtime.engine import AvatarEngine
+from realtime.live import push_microphone, push_samples, run_live
+from realtime.mouth_probe import MouthProbe
+from realtime.virtual_mic import PulseVirtualMicrophone, sound_server_running
+
+pytestmark = pytest.mark.realtime
+
+FloatArray = npt.NDArray[np.float32]
+DELAY_TOLERANCE_MS = 10.0
+
+
+@pytest.fixture(scope="module")
+def pulse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private PulseAudio server; yields its address (``unix:...``)."""
+    binary = shutil.which("pulseaudio")
+    if binary is None or shutil.which("pactl") is None or shutil.which("pacat") is None:
+        pytest.skip("PulseAudio is not installed (apt-get install pulseaudio pulseaudio-utils)")
+    folder = tmp_path_factory.mktemp("pulse")
+    socket = folder / "native"
+    environment = {
+        **os.environ,
+        "HOME": str(folder),
+        "PULSE_RUNTIME_PATH": str(folder),
+        "XDG_RUNTIME_DIR": str(folder),
+    }
+    log = (folder / "pulse.log").open("w")
+    server = subprocess.Popen(
+        [
+            binary,
+            "--daemonize=no",
+            "--exit-idle-time=-1",
+            "-n",
+            f"--load=module-native-protocol-unix socket={socket} auth-anonymous=1",
+            "--load=module-null-sink sink_name=speakers",
+            "--log-target=stderr",
+        ],
+        env=environment,
+        stdout=log,
+        stderr=log,
+    )
+    address = f"unix:{socket}"
+    saved = os.environ.get("PULSE_SERVER")
+    os.environ["PULSE_SERVER"] = address
+    try:
+        deadline = time.monotonic() + 10
+        while not sound_server_running():
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.skip(f"PulseAudio could not start: {(folder / 'pulse.log').read_text()[-300:]}")
+            time.sleep(0.1)
+        yield address
+    finally:
+        if saved is None:
+            os.environ.pop("PULSE_SERVER", None)
+        else:
+            os.environ["PULSE_SERVER"] = saved
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[AvatarEngine]:
+    loaded = AvatarEngine.load(DEFAULT_AVATAR_DIR, "auto")
+    yield loaded
+    loaded.close()
+
+
+def _pactl(*arguments: str) -> str:
+    return subprocess.run(["pactl", *arguments], capture_output=True, text=True, check=True).stdout
+
+
+class _Recorder:
+    """``parec`` from a source, each block stamped with its arrival time."""
+
+    def __init__(self, source: str) -> None:
+        self.process = subprocess.Popen(
+            [
+                "parec",
+                f"--device={source}",
+                "--format=float32le",
+                f"--rate={SAMPLE_RATE_HZ}",
+                "--channels=1",
+                "--raw",
+                "--latency-msec=10",
+            ],
+            stdout=subprocess.PIPE,
+            bufsize=0,
+        )
+        self.blocks: list[tuple[float, bytes]] = []
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        while block := self.process.stdout.read(640):
+            self.blocks.append((time.monotonic(), block))
+
+    def stop(self) -> tuple[FloatArray, float]:
+        """(S,) samples and the time of sample 0 (from the earliest-arriving block's end)."""
+        self.process.terminate()
+        self.process.wait(timeout=5)
+        self._thread.join(5)
+        data = b"".join(block for _, block in self.blocks)
+        audio = np.frombuffer(data[: len(data) // 4 * 4], dtype=np.float32)
+        ends = np.cumsum([len(block) for _, block in self.blocks]) / 4 / SAMPLE_RATE_HZ
+        arrivals = np.array([arrival for arrival, _ in self.blocks])
+        return audio, float(np.min(arrivals - ends))
+
+
+def _similarity(a: FloatArray, b: FloatArray) -> float:
+    return float(np.dot(a, b) / np.sqrt((a * a).sum() * (b * b).sum() + 1e-12))
+
+
+def test_the_virtual_microphone_plays_the_input_delayed_with_the_lips(
+    pulse_server: str, engine: AvatarEngine
+) -> None:
+    signal = bursts(seed=5, seconds=8.0)
+    with PulseVirtualMicrophone("stableface_test") as microphone:
+        sources = _pactl("list", "short", "sources")
+        assert "stableface_test\t" in sources and "stableface_test_sink.monitor" in sources
+
+        recorder = _Recorder("stableface_test")
+        marks: dict[str, float] = {}
+
+        async def feed(session: object) -> None:
+            marks["start"] = time.monotonic()
+            await push_samples(session, signal.audio)  # type: ignore[arg-type]
+
+        report = asyncio.run(run_live(engine, [], feed, None, [microphone]))
+        time.sleep(0.5)
+        recording, first_sample_at = recorder.stop()
+    assert "stableface_test" not in _pactl("list", "short", "sources"), "the source is removed on exit"
+    assert report.frames >= 8.0 * 25
+    # Each burst leaves the microphone the pipeline delay after it went in, as its lips do.
+    delays = []
+    for onset in signal.onsets_s:
+        first, last = int(onset * SAMPLE_RATE_HZ), int((onset + 0.3) * SAMPLE_RATE_HZ)
+        piece = signal.audio[first:last]
+        found = correlate(recording, piece, mode="valid", method="fft")
+        at = int(np.argmax(found))
+        if _similarity(piece, recording[at : at + len(piece)]) > 0.9:
+            delays.append(1000 * (first_sample_at + (at - first) / SAMPLE_RATE_HZ - marks["start"]))
+    assert len(delays) >= 0.75 * len(signal.onsets_s), f"{len(delays)} of {len(signal.onsets_s)} bursts found"
+    delay_ms = float(np.median(delays))
+    assert max(delays) - min(delays) <= 2 * DELAY_TOLERANCE_MS, f"the delay wanders: {np.round(delays)}"
+    assert abs(delay_ms - engine.latency_ms) <= DELAY_TOLERANCE_MS, (
+        f"the microphone is {delay_ms:.1f} ms behind the input, the lips {engine.latency_ms:.0f} ms"
+    )
+
+
+def test_virtual_microphone_errors_are_one_line(pulse_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with PulseVirtualMicrophone("stableface_taken"), pytest.raises(InputError, match="already exists"):
+        PulseVirtualMicrophone("stableface_taken")
+    with pytest.raises(InputError, match="use letters"):
+        PulseVirtualMicrophone("bad name;")
+    monkeypatch.setenv("PULSE_SERVER", "unix:/nonexistent/pulse/native")
+    with pytest.raises(InputError, match="no PulseAudio/PipeWire sound server is running") as error:
+        PulseVirtualMicrophone()
+    assert "\n" not in str(error.value)
+
+
+def test_live_cli_sends_to_the_virtual_microphone_and_cleans_up(pulse_server: str, tmp_path: Path) -> None:
+    speech = tmp_path / "speech.wav"
+    write_wav(speech, synthesize_speech(seed=2, duration_s=2.0).audio, SAMPLE_RATE_HZ)
+    command = [sys.executable, "-m", "stableface", "live", "--audio", str(speech), "--virtual-mic", "sf_cli"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-1500:]
+    assert "latency 80 ms" in done.stderr
+    assert "sf_cli" not in _pactl("list", "short", "modules") + _pactl("list", "short", "sources")
+    refused = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "PULSE_SERVER": "unix:/nonexistent/native"},
+    )
+    assert refused.returncode == 1
+    assert refused.stderr.strip().count("\n") == 0 and "no PulseAudio/PipeWire sound server" in refused.stderr
+
+
+def test_microphone_capture_through_portaudio_follows_a_wav(pulse_server: str, engine: AvatarEngine) -> None:
+    """``stableface live --mic``'s capture (sounddevice, PortAudio's ALSA -> pulse device) on a
+    virtual source that plays a wav: the avatar's mouth follows the wav."""
+    pytest.importorskip("sounddevice", reason="the mic extra is not installed: pip install -e .[mic]")
+    probe = MouthProbe.calibrate(engine, synthesize_speech(seed=99, duration_s=6.0).audio)
+    wav = bursts(seed=6, seconds=6.0).audio
+    images: list[tuple[float, npt.NDArray[np.uint8]]] = []
+
+    class Collect:
+        name = "collector"
+
+        def write(self, image: npt.NDArray[np.uint8]) -> None:
+            images.append((time.monotonic(), image.copy()))
+
+        def close(self) -> None:
+            pass
+
+    with PulseVirtualMicrophone("stableface_wav") as source:
+        _pactl("set-default-source", "stableface_wav")
+        played: dict[str, float] = {}
+
+        def play() -> None:
+            played["start"] = time.monotonic()
+            for index, first in enumerate(range(0, len(wav), 640)):
+                source.write(wav[first : first + 640])
+                time.sleep(max(0.0, played["start"] + (index + 1) * 0.04 - time.monotonic()))
+
+        async def feed(session: object) -> None:
+            player = threading.Thread(target=play, daemon=True)
+            player.start()
+            await push_microphone(session, "pulse")  # type: ignore[arg-type]
+
+        asyncio.run(run_live(engine, [Collect()], feed, max_seconds=7.0))
+    times = np.array([at for at, _ in images])
+    scores = np.array([probe.score(image) for _, image in images])
+    level = envelope_db(wav, SAMPLE_RATE_HZ)
+    grid = played["start"] + np.arange(len(level)) * len(wav) / SAMPLE_RATE_HZ / len(level)
+    window = (times > played["start"] + 0.5) & (times < played["start"] + 6.0)
+    lag_ms, corr = lips_after_sound_ms(
+        times[window], scores[window], grid, np.maximum(level, level.max() - 60), 600
+    )
+    assert corr >= 0.4, f"the mouth follows the wav played into the microphone (corr {corr:.2f})"
+    assert 0 <= lag_ms <= 500, f"lips {lag_ms:+.0f} ms after the wav"
