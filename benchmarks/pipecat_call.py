@@ -49,9 +49,11 @@ TAIL_S = 1.0  # recorded after the signal ends
 SKIP_S = 0.5  # the first half second of a call is left out of the frame count
 
 
-async def _call(
+async def call_demo(
     engine: AvatarEngine, script: BotScript | None, microphone: MediaStreamTrack, seconds: float
 ) -> ClientRecording:
+    """One call to a demo server in this process (``script`` None: the echo bot) for ``seconds``;
+    what the caller received. The call's pipeline must have ended with the server."""
     demo = PipecatDemo(engine, script)
     runner = web.AppRunner(demo.app())
     await runner.setup()
@@ -64,6 +66,8 @@ async def _call(
     finally:
         await client.close()
         await runner.cleanup()
+    if demo.calls:
+        raise RuntimeError("a call's pipeline outlived the demo server")
     return client.recording
 
 
@@ -81,7 +85,7 @@ def measure_call(engine: AvatarEngine, probe: MouthProbe, bot: str, signal: Test
             started.append(time.monotonic())
             await task.queue_frames(tts_frames(signal.audio))
 
-    recording = asyncio.run(_call(engine, script, microphone, 1.0 + signal.duration_s + TAIL_S))
+    recording = asyncio.run(call_demo(engine, script, microphone, 1.0 + signal.duration_s + TAIL_S))
     if bot == "echo":
         assert isinstance(microphone, ArrayAudioTrack) and microphone.started is not None
         started.append(microphone.started)

@@ -25,6 +25,7 @@ BENCHMARKS = {
     "train_speed": "training speed and FLOPs per preset",
     "calls": "repeated output slots as real WebRTC calls are added to one server",
     "soak": "calls held for minutes: A/V drift, server memory, frames lost, calls alive",
+    "pipecat_call": "the avatar in a pipecat pipeline over WebRTC: frames/s, lip sync (pipecat extra)",
 }
 
 

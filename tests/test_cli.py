@@ -23,11 +23,12 @@ COMMANDS = {
     "export": ["--backend", "--chunk", "--overwrite"],
     "synth": ["--out", "--seconds", "--seed", "--size"],
     "serve": ["--avatar", "--port", "--max-sessions", "--token", "--cert", "--key"],
-    "live": ["--avatar", "--mic", "--audio", "--window", "--virtual-camera", "--y4m"],
+    "live": ["--avatar", "--mic", "--audio", "--window", "--virtual-camera", "--virtual-mic", "--y4m"],
     "bench": ["latency", "throughput", "ceiling"],
     "build-default": ["--out", "--seed", "--renderer-steps"],
     "eval": ["--reference", "--audio", "--json", "--tracker"],
     "ablate": ["--out", "--preset", "--steps", "--variants"],
+    "pipecat-demo": ["--avatar", "--say", "--port", "--backend"],
 }
 
 

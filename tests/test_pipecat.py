@@ -25,19 +25,20 @@ from aiohttp import ClientSession, web
 
 pytest.importorskip("pipecat", reason="the pipecat extra is not installed: pip install -e .[pipecat]")
 
-from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack
+from aiortc.mediastreams import AudioStreamTrack
 from pipecat.frames.frames import InterruptionFrame
 from pipecat.pipeline.worker import PipelineWorker
 
 from benchmarks.lip_timing import lips_after_sound_ms, received_loudness
+from benchmarks.pipecat_call import call_demo
 from benchmarks.signals import bursts
 from engines.timebase import FPS
 from offline_training.synthetic.speech import synthesize_speech
-from realtime.client import ArrayAudioTrack, AvatarClient, ClientRecording
+from realtime.client import ArrayAudioTrack
 from realtime.engine import AvatarEngine
 from realtime.mouth_probe import MouthProbe
 from realtime.pipecat_avatar import StableFaceVideoService, load_avatar_engine
-from realtime.pipecat_demo import BotScript, PipecatDemo, tts_frames
+from realtime.pipecat_demo import PipecatDemo, tts_frames
 
 pytestmark = pytest.mark.realtime
 
@@ -57,33 +58,13 @@ def probe(engine: AvatarEngine) -> MouthProbe:
     return MouthProbe.calibrate(engine, synthesize_speech(seed=99, duration_s=6.0).audio)
 
 
-async def _call(
-    engine: AvatarEngine, script: BotScript | None, microphone: MediaStreamTrack, seconds: float
-) -> ClientRecording:
-    demo = PipecatDemo(engine, script)
-    runner = web.AppRunner(demo.app())
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    client = AvatarClient(f"http://127.0.0.1:{port}", microphone, offer_path="api/offer")
-    try:
-        await client.connect()
-        await asyncio.sleep(seconds)
-    finally:
-        await client.close()
-        await runner.cleanup()
-    assert not demo.calls, "the call's pipeline ended with the server"
-    return client.recording
-
-
 def test_the_avatar_speaks_the_pipeline_audio_at_25_fps_in_sync(
     engine: AvatarEngine, probe: MouthProbe
 ) -> None:
     """Echo bot: the caller's speech is the bot's voice; lips follow the sound that comes back."""
     sent = bursts(seed=3, seconds=8.0)
     microphone = ArrayAudioTrack(sent.audio, 16_000)
-    recording = asyncio.run(_call(engine, None, microphone, seconds=9.0))
+    recording = asyncio.run(call_demo(engine, None, microphone, seconds=9.0))
     assert microphone.started is not None
     arrivals = np.array([frame.arrival_s for frame in recording.video])
     window = (arrivals >= microphone.started + 0.5) & (arrivals < microphone.started + 8.0)
@@ -113,7 +94,7 @@ def test_an_interruption_stops_the_voice_and_closes_the_mouth_at_once(
         marks["interrupt"] = time.monotonic()
         await task.queue_frame(InterruptionFrame())
 
-    recording = asyncio.run(_call(engine, script, AudioStreamTrack(), seconds=6.5))
+    recording = asyncio.run(call_demo(engine, script, AudioStreamTrack(), seconds=6.5))
     assert [service.interruptions for service in services] == [1]
     speaking, stopped = marks["speech"] + 0.5, marks["interrupt"]
     arrivals = np.array([frame.arrival_s for frame in recording.video])

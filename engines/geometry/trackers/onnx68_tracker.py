@@ -35,17 +35,13 @@ class Onnx68Tracker:
     """
 
     def __init__(self, model_path: str | Path, threads: int = 1) -> None:
-        import onnxruntime as ort
+        from engines.geometry.trackers.face_mesh.sessions import cpu_session
 
         path = Path(model_path)
         if not path.is_file():
             raise InputError(f"{path}: landmark model not found")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
         try:
-            self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self._session = cpu_session(path, threads)
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
             raise InputError(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0]})") from exc
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()

@@ -11,7 +11,7 @@ LANDMARK_MODEL = MODELS_DIR / "face_landmark_with_attention.onnx"
 
 
 def cpu_session(path: Path, threads: int = 1) -> Any:
-    """A CPU inference session for one of the shipped models.
+    """A quiet CPU inference session (``threads`` intra-op threads) for a landmark or face model.
 
     Raises:
         FileNotFoundError: the model file is missing (a broken install).
