@@ -34,7 +34,7 @@ from benchmarks.pipecat_call import call_demo
 from benchmarks.signals import bursts
 from engines.timebase import FPS
 from offline_training.synthetic.speech import synthesize_speech
-from realtime.client import ArrayAudioTrack
+from realtime.client import ArrayAudioTrack, AvatarClient, ClientRecording
 from realtime.engine import AvatarEngine
 from realtime.mouth_probe import MouthProbe
 from realtime.pipecat_avatar import StableFaceVideoService, load_avatar_engine
@@ -203,3 +203,37 @@ def test_chromium_calls_the_pipecat_demo_bot(tmp_path: Path) -> None:
     text = (tmp_path / "demo.log").read_text()
     assert server.returncode == 0, text[-2000:]
     assert "Traceback" not in text, text[-2000:]
+
+
+def test_two_calls_share_one_loaded_avatar_without_cross_talk(engine: AvatarEngine) -> None:
+    """Two pipelines at once on one engine: each caller gets frames and only its own voice back."""
+    speech = bursts(seed=7, seconds=5.0)
+
+    async def run() -> tuple[list[ClientRecording], int]:
+        demo = PipecatDemo(engine)  # echo bot: each caller's voice is its own bot's voice
+        runner = web.AppRunner(demo.app())
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        talker = AvatarClient(url, ArrayAudioTrack(speech.audio, 16_000), offer_path="api/offer")
+        quiet = AvatarClient(url, AudioStreamTrack(), offer_path="api/offer")
+        try:
+            await asyncio.gather(talker.connect(), quiet.connect())
+            await asyncio.sleep(2.0)
+            calls_at_once = len(demo.calls)
+            await asyncio.sleep(4.0)
+        finally:
+            await asyncio.gather(talker.close(), quiet.close())
+            await runner.cleanup()
+        return [talker.recording, quiet.recording], calls_at_once
+
+    (talking, silent), calls_at_once = asyncio.run(run())
+    assert calls_at_once == 2
+    for recording in (talking, silent):
+        arrivals = np.array([frame.arrival_s for frame in recording.video])
+        assert len(arrivals) >= 0.5 * 6.0 * FPS, "both calls get frames (two calls share 2 cores)"
+    _, talking_level = received_loudness(talking)
+    _, silent_level = received_loudness(silent)
+    assert talking_level.max() > 0.05, "the talker hears its bot"
+    assert silent_level.max() < 0.01, "the quiet caller hears nothing of the other call"
