@@ -217,3 +217,15 @@ def test_pipecat_call_quick_measures_both_bots(tmp_path: Path) -> None:
         assert call["frames_received"] >= 0.8 * call["frames_expected"]
         assert call["correlation"] > 0.2 and abs(call["lips_after_sound_ms"]) <= 120
     assert result_file.with_suffix(".md").read_text().startswith("# pipecat call")
+
+
+def test_sync_validation_quick_asks_both_questions(tmp_path: Path) -> None:
+    module = _load("sync_validation")
+    assert module.main(["--quick", "--results", str(tmp_path)]) == 0
+    [result_file] = tmp_path.glob("sync_validation-*-quick.json")
+    result = json.loads(result_file.read_text())
+    assert [len(clip["shifts"]) for clip in result["clips"]] == [5, 5]
+    assert len(result["pairs"]) == 2
+    # the generated face moves its mouth with its own voice: the unshifted offset is found
+    assert all(abs(clip["shifts"][2]["error_ms"]) <= 80 for clip in result["clips"])
+    assert result_file.with_suffix(".md").read_text().startswith("# sync validation")
