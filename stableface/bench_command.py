@@ -26,6 +26,7 @@ BENCHMARKS = {
     "calls": "repeated output slots as real WebRTC calls are added to one server",
     "soak": "calls held for minutes: A/V drift, server memory, frames lost, calls alive",
     "pipecat_call": "the avatar in a pipecat pipeline over WebRTC: frames/s, lip sync (pipecat extra)",
+    "sync_validation": "the weights-free lip-sync measure on real clips: known shifts, other voices",
 }
 
 
