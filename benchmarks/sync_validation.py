@@ -129,16 +129,18 @@ def markdown(result: dict[str, Any]) -> str:
     shifts = [row for clip in result["clips"] for row in clip["shifts"]]
     moved = [row for row in shifts if row["shift_ms"] != 0]
     pairs = result["pairs"]
+    found, at_zero = sum(r["hit"] for r in moved), sum(r["hit"] for r in shifts)
+    won = sum(p["own_wins"] for p in pairs)
     lines = [
         f"# sync validation — {result['date']}",
         "",
         common.machine_line(result),
-        f"Measure: engines.av_sync (inner-lip gap vs speech-band envelope, ±400 ms), tracker {result['tracker']}.",
+        "Measure: engines.av_sync (inner-lip gap vs speech-band envelope, ±400 ms), "
+        f"tracker {result['tracker']}.",
         "",
-        f"Known shifts found within ±{TOLERANCE_MS:.0f} ms: **{sum(r['hit'] for r in moved)} of {len(moved)}** "
-        f"(±80 and ±200 ms; target 80%); with 0 ms: {sum(r['hit'] for r in shifts)} of {len(shifts)}.",
-        f"Own audio scores above another clip's: **{sum(p['own_wins'] for p in pairs)} of {len(pairs)}** "
-        "pairs (target 90%).",
+        f"Known shifts found within ±{TOLERANCE_MS:.0f} ms: **{found} of {len(moved)}** "
+        f"(±80 and ±200 ms; target 80%); with 0 ms: {at_zero} of {len(shifts)}.",
+        f"Own audio scores above another clip's: **{won} of {len(pairs)}** pairs (target 90%).",
         "",
     ]
     rows = []
