@@ -261,7 +261,13 @@ def _live_with(args: argparse.Namespace, audio: Any, audio_sinks: list[Any]) -> 
         sinks.append(WindowSink())
     if args.y4m:
         sinks.append(Y4MSink(args.y4m))
-    engine = AvatarEngine.load(AvatarSpec.parse(args.avatar).path, args.backend, stream_settings(args))
+    settings = stream_settings(args)
+    if audio_sinks:
+        # The audio lead makes up for a WebRTC receiver's buffer; a virtual camera shows each frame
+        # at once and the virtual microphone plays its audio at once, so here audio and frame
+        # leave together.
+        settings = settings.model_copy(update={"audio_lead_ms": 0.0})
+    engine = AvatarEngine.load(AvatarSpec.parse(args.avatar).path, args.backend, settings)
     try:
         if audio is not None:
 
