@@ -32,6 +32,8 @@ class LayoutAnchors:
         rigid: points used to fit the head pose.
         inner_lip_ring: ordered closed ring around the mouth opening.
         inner_lip_top, inner_lip_bottom: mid points of the upper and lower inner lip.
+        outer_lip_top, outer_lip_bottom: mid points of the upper and lower outer lip.
+        chin: the lowest point of the chin.
         mouth_corners: left and right mouth corner.
         nose_bottom: the point under the nose; the lower face starts below it.
         left_eye, right_eye: points whose mean is the eye centre.
@@ -45,6 +47,9 @@ class LayoutAnchors:
     inner_lip_ring: tuple[int, ...]
     inner_lip_top: int
     inner_lip_bottom: int
+    outer_lip_top: int
+    outer_lip_bottom: int
+    chin: int
     mouth_corners: tuple[int, int]
     nose_bottom: int
     left_eye: tuple[int, ...]
@@ -64,6 +69,9 @@ MEDIAPIPE478 = LayoutAnchors(
     ),
     inner_lip_top=13,
     inner_lip_bottom=14,
+    outer_lip_top=0,
+    outer_lip_bottom=17,
+    chin=152,
     mouth_corners=(61, 291),
     nose_bottom=2,
     left_eye=(33, 133, 159, 145),
@@ -85,6 +93,9 @@ IBUG68 = LayoutAnchors(
     inner_lip_ring=(60, 61, 62, 63, 64, 65, 66, 67),
     inner_lip_top=62,
     inner_lip_bottom=66,
+    outer_lip_top=51,
+    outer_lip_bottom=57,
+    chin=8,
     mouth_corners=(48, 54),
     nose_bottom=33,
     left_eye=(36, 37, 38, 39, 40, 41),

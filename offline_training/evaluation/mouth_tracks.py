@@ -1,5 +1,6 @@
-"""How far the lips part in each frame of a video (inner-lip gap over mouth width, from a landmark
-tracker), and the resulting weights-free audio-visual sync (``engines.av_sync``)."""
+"""The mouth of each frame of a video, read by a landmark tracker: how far the lips part (inner-lip
+gap over mouth width) and the four sync descriptors of ``engines.av_sync``; and the resulting
+weights-free audio-visual sync."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any, TypeVar, cast
 import numpy as np
 import numpy.typing as npt
 
-from engines.av_sync import AvSync, av_sync, speech_envelope_db
+from engines.av_sync import AvSync, audio_descriptors, av_sync, mouth_descriptors
 from engines.errors import InputError
 from engines.geometry.layouts import anchors_for
 from engines.geometry.trackers import LandmarkTracker
@@ -27,13 +28,29 @@ def lip_gap_track(frames: Iterable[ImageRGB], tracker: LandmarkTracker) -> Float
         frames: (H, W, 3) uint8 RGB frames of one video, in order.
         tracker: any landmark tracker (reset before the first frame).
     """
-    layout = tracker.layout.name
+    return lip_gap_from_points(_tracked_points(frames, tracker), tracker.layout.name)
+
+
+def mouth_descriptor_track(frames: Iterable[ImageRGB], tracker: LandmarkTracker) -> FloatArray:
+    """(T, 4) sync descriptors (``engines.av_sync.MOUTH_DESCRIPTORS``) per frame; NaN rows where the
+    tracker finds no face.
+
+    Args:
+        frames: (H, W, 3) uint8 RGB frames of one video, in order.
+        tracker: any landmark tracker (reset before the first frame).
+    """
+    return mouth_descriptors(_tracked_points(frames, tracker), tracker.layout.name)
+
+
+def _tracked_points(frames: Iterable[ImageRGB], tracker: LandmarkTracker) -> FloatArray:
+    """(T, N, 3) landmarks of every frame (x, y and the tracker's depth); NaN where no face was found."""
+    count = tracker.layout.num_points
     tracker.reset()
-    gaps = []
+    points = []
     for frame in frames:
-        points = tracker.track(frame)
-        gaps.append(np.nan if points is None else float(lip_gap_from_points(points[None], layout)[0]))
-    return np.asarray(gaps, np.float32)
+        found = tracker.track(frame)
+        points.append(np.full((count, 3), np.nan, np.float32) if found is None else found[:, :3])
+    return np.asarray(points, np.float32).reshape(-1, count, 3)
 
 
 def lip_gap_from_points(points: npt.NDArray[np.floating[Any]], layout: str) -> FloatArray:
@@ -76,11 +93,11 @@ def video_av_sync(
     tracker: LandmarkTracker,
     max_lag_ms: float = 400.0,
 ) -> AvSync:
-    """Sync of a video's mouth with (S,) mono ``audio``: best lag (ms) and correlation.
+    """Sync of a video's mouth with (S,) mono ``audio``: best lag (ms), score and confidence.
 
     Raises:
         InputError: too few frames with a face, or too short for the lag search.
     """
-    gap = fill_missing(lip_gap_track(frames, tracker))
-    envelope = speech_envelope_db(audio, sample_rate_hz, fps, frames=len(gap))
-    return av_sync(gap, envelope, fps, max_lag_ms)
+    mouth = fill_missing(mouth_descriptor_track(frames, tracker))
+    sound = audio_descriptors(audio, sample_rate_hz, fps, len(mouth))
+    return av_sync(mouth, sound, fps, max_lag_ms)

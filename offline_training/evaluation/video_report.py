@@ -18,13 +18,12 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from engines.av_sync import av_sync, speech_envelope_db
+from engines.av_sync import audio_descriptors, av_sync, mouth_descriptors
 from engines.errors import InputError
 from engines.geometry.trackers import LandmarkTracker
 from engines.media.decode import iter_video_frames, load_audio, probe_media
 from engines.timebase import FPS, SAMPLE_RATE_HZ
 from offline_training.evaluation.image_metrics import nlmd, ssim
-from offline_training.evaluation.mouth_tracks import lip_gap_from_points
 from offline_training.evaluation.msi import MSI_SIZE, NormalisedTracks, track_normalised
 from offline_training.evaluation.sharpness import cpbd
 from offline_training.evaluation.slices import side_by_side, slice_panel, write_png
@@ -62,6 +61,8 @@ class VideoReport:
     av_offset_ms: float | None = None
     av_correlation: float | None = None
     av_correlation_at_zero: float | None = None
+    av_confidence: float | None = None
+    av_reliable: bool | None = None
     av_skipped: str | None = None
     av_warning: str | None = None
     syncnet: str | None = None
@@ -95,8 +96,9 @@ class VideoReport:
         elif self.audio is not None:
             rows += [
                 ("A/V offset ms (mouth after sound)", _fmt(self.av_offset_ms, 1), ""),
-                ("A/V correlation at that offset", _fmt(self.av_correlation), ""),
-                ("A/V correlation at 0 ms", _fmt(self.av_correlation_at_zero), ""),
+                ("A/V sync score at that offset", _fmt(self.av_correlation), ""),
+                ("A/V sync score at 0 ms", _fmt(self.av_correlation_at_zero), ""),
+                ("A/V confidence (≥ 3: reliable)", _fmt(self.av_confidence, 1), ""),
             ]
             if self.av_warning is not None:
                 rows.append(("A/V offset unreliable", self.av_warning, ""))
@@ -252,8 +254,10 @@ def evaluate_footage(
         report.audio = speech_name or "speech"
         try:
             offset = av_sync(
-                lip_gap_from_points(tracks.points, tracks.layout),
-                speech_envelope_db(speech, SAMPLE_RATE_HZ, fps, frames=frames),
+                mouth_descriptors(
+                    np.concatenate([tracks.points, tracks.depth[..., None]], axis=2), tracks.layout
+                ),
+                audio_descriptors(speech, SAMPLE_RATE_HZ, fps, frames),
                 fps,
                 AV_MAX_LAG_MS,
             )
@@ -262,11 +266,9 @@ def evaluate_footage(
         else:
             report.av_offset_ms, report.av_correlation = offset.offset_ms, offset.correlation
             report.av_correlation_at_zero = offset.correlation_at_zero
-            if abs(offset.offset_ms) > AV_MAX_LAG_MS - 1000 / fps:
-                report.av_warning = (
-                    f"the best lag is at the edge of the ±{AV_MAX_LAG_MS:g} ms search: the real offset may "
-                    "be larger, or the mouth does not follow this speech"
-                )
+            report.av_confidence = None if np.isnan(offset.confidence) else offset.confidence
+            report.av_reliable = offset.reliable
+            report.av_warning = offset.reason or None
     if syncnet is not None and speech is not None:
         _syncnet(report, footage, tracks, speech, syncnet)
     if slices is not None:
