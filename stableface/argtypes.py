@@ -15,7 +15,7 @@ from engines.errors import InputError
 SettingsT = TypeVar("SettingsT", bound=BaseModel)
 
 # The model presets of engines.nets.PRESETS, named here so building the parser imports no torch.
-PRESET_NAMES = ("paper", "small", "mini", "tiny")
+PRESET_NAMES = ("paper", "small", "live", "mini", "tiny")
 
 
 def positive_int(text: str) -> int:

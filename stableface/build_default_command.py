@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from stableface.argtypes import positive_int
+from stableface.argtypes import PRESET_NAMES, positive_int
 
 
 def add_build_default_parser(sub: Any) -> None:
@@ -15,15 +15,17 @@ def add_build_default_parser(sub: Any) -> None:
         "build-default",
         epilog="example: stableface build-default --out /tmp/default_avatar",
         help="rebuild the bundled default avatar from a seed (project-made data only)",
-        description="Generate the synthetic astronaut talking face, prepare it, train the `mini` renderer "
-        "and smoothing on it, train the audio model on a corpus of augmented generated speech, and write "
-        "the bundle. Deterministic from --seed on a given machine and library versions; about 15 minutes "
-        "on 2 CPU cores. The folder is replaced only once the new bundle is complete.",
+        description="Generate the synthetic astronaut talking face, prepare it, train the renderer (then "
+        "the renderer with the adaptive smoothing) on it, train the audio model on a corpus of augmented "
+        "generated speech, and write the bundle. Deterministic from --seed on a given machine and library "
+        "versions; about 80 minutes on 2 CPU cores with the `live` preset. The folder is replaced only "
+        "once the new bundle is complete.",
     )
     build.add_argument(
         "--out", type=Path, help="bundle folder (default: engines/default_avatar, the one `serve` loads)"
     )
     build.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    build.add_argument("--preset", choices=PRESET_NAMES, help="network sizes (default: the recipe's, live)")
     build.add_argument("--renderer-steps", type=positive_int, help="renderer steps (default: the recipe's)")
     build.add_argument("--audio-steps", type=positive_int, help="audio model steps (default: the recipe's)")
     build.add_argument(
@@ -38,6 +40,8 @@ def cmd_build_default(args: argparse.Namespace) -> int:
     from offline_training.default_avatar.recipe import DefaultAvatarRecipe, build_default_avatar
 
     recipe = DefaultAvatarRecipe(seed=args.seed)
+    if args.preset is not None:
+        recipe = dataclasses.replace(recipe, preset=args.preset)
     if args.renderer_steps is not None:
         recipe = dataclasses.replace(recipe, renderer_steps=args.renderer_steps)
     corpus = recipe.corpus

@@ -229,3 +229,17 @@ def test_sync_validation_quick_asks_both_questions(tmp_path: Path) -> None:
     # the generated face moves its mouth with its own voice: the unshifted offset is found
     assert all(abs(clip["shifts"][2]["error_ms"]) <= 80 for clip in result["clips"])
     assert result_file.with_suffix(".md").read_text().startswith("# sync validation")
+
+
+def test_avatar_quality_quick_measures_the_driven_avatar(tmp_path: Path) -> None:
+    module = _load("avatar_quality")
+    assert module.main(["--quick", "--results", str(tmp_path)]) == 0
+    [result_file] = tmp_path.glob("avatar_quality-*-quick.json")
+    result = json.loads(result_file.read_text())
+    assert [row["name"] for row in result["driven"]] == ["generated-1", "generated-2"]
+    for row in result["driven"]:
+        assert row["frames"] == 200 and row["msi_lip"] > 0 and 0 < row["mouth_cpbd"] <= 1
+        assert row["reliable"] and abs(row["offset_ms"]) <= 80  # the bundled avatar mouths the voice
+    assert 0 < result["reference_mouth_cpbd"] <= 1 and result["real"] == []
+    assert result["verdicts"]["lips_stable_enough"] is None
+    assert result_file.with_suffix(".md").read_text().startswith("# avatar quality")

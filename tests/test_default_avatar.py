@@ -131,5 +131,7 @@ def test_build_default_is_deterministic_from_its_seed(tmp_path: Path) -> None:
         manifests.append(json.loads((report.out / MANIFEST).read_text()))
         AvatarBundle.load(report.out)
     assert manifests[0]["files"] == manifests[1]["files"]
-    assert manifests[0]["model"]["preset"] == "mini" and manifests[0]["reference_frames"] == 10
+    assert manifests[0]["model"]["preset"] == "live" and manifests[0]["reference_frames"] == 10
+    # the renderer stage, then the joint stage with the adaptive smoothing
+    assert manifests[0]["training"]["steps_renderer"] == 3 and manifests[0]["training"]["steps_joint"] == 1
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".build-default-")], "work folder left"

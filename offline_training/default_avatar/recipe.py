@@ -2,8 +2,8 @@
 
 1. Generate the synthetic talking face (scikit-image's public-domain astronaut portrait mouthing the
    project's generated speech) and prepare it like any user video.
-2. Train the ``mini`` renderer on it with ``stableface train``'s trainer (``mini`` has no adaptive
-   smoothing: see ``engines.nets.config``).
+2. Train the ``live`` renderer on it with ``stableface train``'s trainer, then the renderer with
+   the adaptive smoothing jointly (the paper's schedule; see ``engines.nets.config``).
 3. Replace the audio model with one trained on a corpus of augmented generated speech
    (:mod:`offline_training.default_avatar.speech_corpus`), so that it follows voices, languages
    and noise it never heard rather than the one toy voice of the clip.
@@ -62,7 +62,11 @@ class DefaultAvatarRecipe:
         clip_seconds: length of the generated training clip.
         frame_size: side of its frames (the avatar's full output frame).
         preset: network sizes.
-        renderer_steps: renderer steps (the joint stage gets a fifth of them).
+        renderer_steps: renderer steps; the joint stage (renderer + adaptive smoothing) gets a fifth
+            of them, for a preset with smoothing.
+        smoothing_lr: learning rate of the adaptive smoothing in the joint stage (the paper's 1e-6
+            is for 20 epochs on a GPU; a fifth of a short CPU schedule at that rate leaves the
+            smoothing where it started, next to the identity).
         batch_size: renderer sequences per step.
         reference_frames: frames of the clip kept as the reference video the avatar plays.
         crop_margin: margin of the crop box around the face (the clip's head barely moves, so a
@@ -74,8 +78,9 @@ class DefaultAvatarRecipe:
     seed: int = 0
     clip_seconds: float = 40.0
     frame_size: int = 256
-    preset: str = "mini"
+    preset: str = "live"
     renderer_steps: int = 2500
+    smoothing_lr: float = 1e-4
     batch_size: int = 4
     reference_frames: int = 200
     crop_margin: float = 0.15
@@ -129,21 +134,7 @@ def build_default_avatar(out: Path, recipe: DefaultAvatarRecipe, show_progress: 
         )
         started = _timed(seconds, "prepare", started)
         avatar = work / "avatar"
-        Trainer(
-            TrainSettings(
-                dataset=work / "dataset",
-                out=avatar,
-                preset=recipe.preset,
-                stage="renderer",
-                steps=recipe.renderer_steps,
-                batch_size=recipe.batch_size,
-                seed=recipe.seed,
-                reference_frames=recipe.reference_frames,
-                val_every=recipe.renderer_steps,
-                checkpoint_every=10 * recipe.renderer_steps,
-                show_progress=show_progress,
-            )
-        ).run()
+        _train_renderer(work / "dataset", avatar, recipe, show_progress)
         started = _timed(seconds, "train_renderer", started)
         dataset = AvatarDataset.open(work / "dataset")
         explained, loss = _train_audio_model(avatar, dataset, clip.drawn_opening, recipe, show_progress)
@@ -157,6 +148,33 @@ def build_default_avatar(out: Path, recipe: DefaultAvatarRecipe, show_progress: 
         shutil.rmtree(work, ignore_errors=True)
     size = sum(path.stat().st_size for path in out.rglob("*") if path.is_file())
     return BuildReport(out, size, seconds, explained, loss)
+
+
+def _train_renderer(dataset: Path, avatar: Path, recipe: DefaultAvatarRecipe, show_progress: bool) -> None:
+    """The renderer stage, then (for a preset with smoothing) the joint stage resumed from it."""
+    from engines.nets import PRESETS
+
+    settings = TrainSettings(
+        dataset=dataset,
+        out=avatar,
+        preset=recipe.preset,
+        stage="renderer",
+        steps=recipe.renderer_steps,
+        batch_size=recipe.batch_size,
+        seed=recipe.seed,
+        reference_frames=recipe.reference_frames,
+        smoothing_lr=recipe.smoothing_lr,
+        val_every=recipe.renderer_steps,
+        checkpoint_every=10 * recipe.renderer_steps,
+        show_progress=show_progress,
+    )
+    Trainer(settings).run()
+    if PRESETS[recipe.preset].use_smoothing:
+        joint_steps = max(1, recipe.renderer_steps // 5)
+        joint = settings.model_copy(
+            update={"stage": "joint", "steps": joint_steps, "resume": True, "val_every": joint_steps}
+        )
+        Trainer(joint).run()
 
 
 def _image_size(recipe: DefaultAvatarRecipe) -> int:

@@ -29,6 +29,7 @@ from offline_training.evaluation.sharpness import cpbd
 from offline_training.evaluation.slices import side_by_side, slice_panel, write_png
 
 CPBD_FRAMES = 100
+MOUTH_BOX = (128, 128)  # width, height in the normalised crop: two mouth widths (CPBD's 64 px blocks)
 AV_MAX_LAG_MS = 400.0  # the lag search of the weights-free sync measure, each way
 MAX_AV_MISMATCH_S = 0.25  # speech and video lengths that still belong together (as ``prepare``'s default)
 
@@ -50,6 +51,7 @@ class VideoReport:
     msi_lip: float
     msi_jaw: float
     cpbd: float
+    mouth_cpbd: float
     reference: str | None = None
     compared_frames: int | None = None
     ssim: float | None = None
@@ -57,6 +59,7 @@ class VideoReport:
     reference_msi_lip: float | None = None
     reference_msi_jaw: float | None = None
     reference_cpbd: float | None = None
+    reference_mouth_cpbd: float | None = None
     audio: str | None = None
     av_offset_ms: float | None = None
     av_correlation: float | None = None
@@ -84,6 +87,7 @@ class VideoReport:
             ("MSI lip (higher: steadier)", f"{self.msi_lip:.4f}", _fmt(self.reference_msi_lip)),
             ("MSI jaw (higher: steadier)", f"{self.msi_jaw:.4f}", _fmt(self.reference_msi_jaw)),
             ("CPBD (higher: sharper)", f"{self.cpbd:.4f}", _fmt(self.reference_cpbd)),
+            ("CPBD of the mouth box", f"{self.mouth_cpbd:.4f}", _fmt(self.reference_mouth_cpbd)),
         ]
         if self.reference is not None:
             rows += [
@@ -236,6 +240,7 @@ def evaluate_footage(
         msi_lip=tracks.msi_lip(),
         msi_jaw=tracks.msi_jaw(),
         cpbd=_video_cpbd(footage.frames(), frames),
+        mouth_cpbd=mouth_box_cpbd(footage.frames(), tracks),
     )
     panels = [slice_panel(tracks.first_crop, tracks.slice_column, tracks.column_x, Path(footage.name).name)]
     if reference is not None:
@@ -331,6 +336,7 @@ def _compare(
     report.reference_msi_lip = reference_tracks.msi_lip()
     report.reference_msi_jaw = reference_tracks.msi_jaw()
     report.reference_cpbd = _video_cpbd(reference.frames(), len(reference_tracks.points))
+    report.reference_mouth_cpbd = mouth_box_cpbd(reference.frames(), reference_tracks)
     return reference_tracks
 
 
@@ -343,6 +349,28 @@ def _video_cpbd(frames: Iterator[ImageRGB], count: int) -> float:
     """Mean CPBD over at most 100 frames spread evenly over the video."""
     every = max(1, math.ceil(count / CPBD_FRAMES))
     return float(np.mean([cpbd(frame) for index, frame in enumerate(frames) if index % every == 0]))
+
+
+def mouth_box_cpbd(frames: Iterator[ImageRGB], tracks: NormalisedTracks) -> float:
+    """Mean CPBD of the mouth box over at most 100 frames spread evenly over the video.
+
+    The box lies in the normalised 256 px crop (where the mouth is 64 px wide): two mouth widths
+    square (2 x 2 of CPBD's 64 px blocks), centred on the frame's lips — the teeth, lips and mouth
+    corners, where a renderer blurs first, without the background that dilutes a whole-frame CPBD.
+    """
+    every = max(1, math.ceil(len(tracks.points) / CPBD_FRAMES))
+    half_w, half_h = MOUTH_BOX[0] // 2, MOUTH_BOX[1] // 2
+    lips = list(tracks.anchors.lips)
+    values = []
+    for index, frame in enumerate(frames):
+        if index % every or index >= len(tracks.points):
+            continue
+        centre_x, centre_y = tracks.points[index, lips].mean(axis=0)
+        x0 = int(np.clip(round(centre_x) - half_w, 0, MSI_SIZE - MOUTH_BOX[0]))
+        y0 = int(np.clip(round(centre_y) - half_h, 0, MSI_SIZE - MOUTH_BOX[1]))
+        crop = tracks.box.crop(frame)
+        values.append(cpbd(crop[y0 : y0 + MOUTH_BOX[1], x0 : x0 + MOUTH_BOX[0]]))
+    return float(np.mean(values))
 
 
 def _syncnet(

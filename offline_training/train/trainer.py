@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 VALIDATION_SEQUENCES = 4
 VALIDATION_WINDOWS = 8
-DISCRIMINATOR_SIZES = {"paper": (64, 3), "small": (32, 3), "mini": (16, 3), "tiny": (16, 2)}
+DISCRIMINATOR_SIZES = {"paper": (64, 3), "small": (32, 3), "live": (16, 3), "mini": (16, 3), "tiny": (16, 2)}
 
 
 @dataclass
