@@ -161,11 +161,15 @@ def analyse(
     # from it is another movement (a weak onset missed, a later syllable), counted as unmatched.
     lag_ms, corr = best_lag_ms(signal, started, arrivals, scores)
     onsets = started + signal.onsets_s
-    delays, offsets = [], []
-    for onset, audio_delay in zip(onsets, audio_delays_s(signal, started, recording, onsets), strict=True):
+    delays, offsets, unmatched = [], [], []
+    next_onsets = np.append(onsets[1:], np.inf)
+    for onset, following, audio_delay in zip(
+        onsets, next_onsets, audio_delays_s(signal, started, recording, onsets), strict=True
+    ):
         expected = onset + lag_ms / 1000
         lips_out = first_within(lips, expected - MATCH_HALF_WIDTH_S, expected + MATCH_HALF_WIDTH_S)
         if lips_out is None:
+            unmatched.append(_unmatched_lateness_ms(lips, onset, expected, following))
             continue
         delays.append(1000 * (lips_out - onset))
         if audio_delay is not None:
@@ -179,12 +183,23 @@ def analyse(
         "frames_received": len(arrivals),
         "frames_expected": int(signal.duration_s * FPS),
         "audio_in_to_lips_out_ms": delays,
+        "unmatched_lateness_ms": unmatched,
         "av_offset_ms": offsets,
         "correlation_best_lag_ms": lag_ms,
         "correlation_at_best_lag": corr,
         "server": {key: stats.get(key) for key in ("pipeline_latency_ms", "frames_sent", "frames_skipped")},
         "rtt_ms_p50": float(np.median(recording.rtt_ms)) if recording.rtt_ms else None,
     }
+
+
+def _unmatched_lateness_ms(lips: np.ndarray, onset: float, expected: float, following: float) -> float:
+    """How late the lips were for a sent onset with no lip onset near ``expected``, counted
+    against the pipeline: the first lip onset after the matching window and before the next sent
+    onset's window if there is one, else the window's end (the lips were at least that late; often
+    the mouth was still open from the syllable before and no onset could be seen)."""
+    window_end = expected + MATCH_HALF_WIDTH_S
+    later = first_within(lips, window_end, following + (expected - onset) - MATCH_HALF_WIDTH_S)
+    return 1000 * ((later if later is not None else window_end) - onset)
 
 
 def render_response(engine: AvatarEngine, signals: list[TestSignal], probe: MouthProbe) -> dict[str, float]:

@@ -97,6 +97,8 @@ def test_latency_quick_times_every_stage_and_the_lips_over_webrtc(tmp_path: Path
     assert row["pipeline_delay_ms"] > 0
     delay = loop["audio_in_to_lips_out_ms"]
     assert 0 < delay["p50"] <= delay["p95"], delay
+    assert len(run["unmatched_lateness_ms"]) == run["onsets_sent"] - run["onsets_matched"]
+    assert loop["audio_in_to_lips_out_conservative_ms"]["p95"] >= 0
     assert np.isfinite(run["correlation_best_lag_ms"]) and np.isfinite(loop["av_offset_ms"]["p50"])
     assert result_file.with_suffix(".png").stat().st_size > 1000
     assert result_file.with_suffix(".md").read_text().startswith("# latency")
@@ -243,3 +245,15 @@ def test_avatar_quality_quick_measures_the_driven_avatar(tmp_path: Path) -> None
     assert 0 < result["reference_mouth_cpbd"] <= 1 and result["real"] == []
     assert result["verdicts"]["lips_stable_enough"] is None
     assert result_file.with_suffix(".md").read_text().startswith("# avatar quality")
+
+
+def test_an_unmatched_onset_counts_at_its_lateness() -> None:
+    from benchmarks.lip_timing import MATCH_HALF_WIDTH_S, _unmatched_lateness_ms
+
+    lips = np.array([1.0, 2.45, 5.0])
+    # sound at 2.0 s, lips expected 0.15 s later; the next sound at 3.0 s: the lips at 2.45 s come late
+    assert _unmatched_lateness_ms(lips, 2.0, 2.15, 3.0) == pytest.approx(450.0)
+    # no lip onset before the next sound's window: at least the window's end
+    assert _unmatched_lateness_ms(lips, 3.0, 3.15, 4.0) == pytest.approx(1000 * (0.15 + MATCH_HALF_WIDTH_S))
+    # the last sound: any later lip onset counts
+    assert _unmatched_lateness_ms(lips, 4.0, 4.15, np.inf) == pytest.approx(1000.0)
