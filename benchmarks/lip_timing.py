@@ -162,14 +162,11 @@ def analyse(
     lag_ms, corr = best_lag_ms(signal, started, arrivals, scores)
     onsets = started + signal.onsets_s
     delays, offsets, unmatched = [], [], []
-    next_onsets = np.append(onsets[1:], np.inf)
-    for onset, following, audio_delay in zip(
-        onsets, next_onsets, audio_delays_s(signal, started, recording, onsets), strict=True
-    ):
+    for onset, audio_delay in zip(onsets, audio_delays_s(signal, started, recording, onsets), strict=True):
         expected = onset + lag_ms / 1000
         lips_out = first_within(lips, expected - MATCH_HALF_WIDTH_S, expected + MATCH_HALF_WIDTH_S)
         if lips_out is None:
-            unmatched.append(_unmatched_lateness_ms(lips, onset, expected, following))
+            unmatched.append(_unmatched_lateness_ms(onset, expected))
             continue
         delays.append(1000 * (lips_out - onset))
         if audio_delay is not None:
@@ -192,14 +189,13 @@ def analyse(
     }
 
 
-def _unmatched_lateness_ms(lips: np.ndarray, onset: float, expected: float, following: float) -> float:
-    """How late the lips were for a sent onset with no lip onset near ``expected``, counted
-    against the pipeline: the first lip onset after the matching window and before the next sent
-    onset's window if there is one, else the window's end (the lips were at least that late; often
-    the mouth was still open from the syllable before and no onset could be seen)."""
-    window_end = expected + MATCH_HALF_WIDTH_S
-    later = first_within(lips, window_end, following + (expected - onset) - MATCH_HALF_WIDTH_S)
-    return 1000 * ((later if later is not None else window_end) - onset)
+def _unmatched_lateness_ms(onset: float, expected: float) -> float:
+    """How late the lips count for a sent onset with no lip onset near ``expected``: at the end of
+    its matching window, the latest time a lip onset would still have been matched. A later lip
+    onset is not attributed to it (it is usually the next syllable's, and a mouth still open from
+    the syllable before shows no onset at all), so this places every unmatched onset as late as
+    the matching allows without inventing a delay the frames do not show."""
+    return 1000 * (expected + MATCH_HALF_WIDTH_S - onset)
 
 
 def render_response(engine: AvatarEngine, signals: list[TestSignal], probe: MouthProbe) -> dict[str, float]:

@@ -247,13 +247,8 @@ def test_avatar_quality_quick_measures_the_driven_avatar(tmp_path: Path) -> None
     assert result_file.with_suffix(".md").read_text().startswith("# avatar quality")
 
 
-def test_an_unmatched_onset_counts_at_its_lateness() -> None:
+def test_an_unmatched_onset_counts_at_the_end_of_its_window() -> None:
     from benchmarks.lip_timing import MATCH_HALF_WIDTH_S, _unmatched_lateness_ms
 
-    lips = np.array([1.0, 2.45, 5.0])
-    # sound at 2.0 s, lips expected 0.15 s later; the next sound at 3.0 s: the lips at 2.45 s come late
-    assert _unmatched_lateness_ms(lips, 2.0, 2.15, 3.0) == pytest.approx(450.0)
-    # no lip onset before the next sound's window: at least the window's end
-    assert _unmatched_lateness_ms(lips, 3.0, 3.15, 4.0) == pytest.approx(1000 * (0.15 + MATCH_HALF_WIDTH_S))
-    # the last sound: any later lip onset counts
-    assert _unmatched_lateness_ms(lips, 4.0, 4.15, np.inf) == pytest.approx(1000.0)
+    # sound at 2.0 s, lips expected 0.15 s later: unmatched, it counts as late as a match could be
+    assert _unmatched_lateness_ms(2.0, 2.15) == pytest.approx(1000 * (0.15 + MATCH_HALF_WIDTH_S))

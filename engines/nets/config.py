@@ -3,13 +3,14 @@
 - ``paper``: the paper's renderer at 256x256 (8 residual blocks, features 64x64x256, p = 4,
   d = 512, N = 4); GPU.
 - ``small``: 128x128, real time on a 2-core CPU through ONNX Runtime.
-- ``live``: 128x128, the bundled default avatar: twice ``mini``'s widths, audio fusion, one frame
-  of audio look-ahead and adaptive smoothing over three frames (t-1, t, t+1: the causal and the
-  centred forms then mix the same frames, so training one trains the other), chunk 1 — real time
-  with a lips-out delay a 2-core CPU keeps within 250 ms (docs/default-avatar.md).
-- ``mini``: 128x128 with narrow layers, the default avatar before ``live``: chunk 1, no audio
-  look-ahead and so no adaptive smoothing (causal smoothing without look-ahead can only average
-  past frames, which delays the lips).
+- ``live``: 128x128, the candidate next default avatar (``build-default --preset live``): twice
+  ``mini``'s widths, one frame of audio look-ahead and adaptive smoothing over three frames (t-1,
+  t, t+1: the causal and the centred forms then mix the same frames, so training one trains the
+  other), chunk 1. No audio fusion: trained on the generated clip's one toy voice it made the
+  mouth flicker under real voices (docs/default-avatar.md, "The next default avatar").
+- ``mini``: 128x128 with narrow layers, the bundled default avatar: chunk 1, no audio look-ahead
+  and so no adaptive smoothing (causal smoothing without look-ahead can only average past frames,
+  which delays the lips), so that a 2-core CPU shows the lips within 250 ms of the sound.
 - ``tiny``: 64x64, seconds per training step on a CPU; for tests.
 """
 
@@ -194,6 +195,7 @@ PRESETS: dict[str, ModelConfig] = {
             token_dim=64,
             transformer_blocks=1,
             heads=2,
+            use_audio_fusion=False,
         ),
         sequence_length=6,
         streaming=StreamingConfig(chunk_frames=1, compute_allowance_ms=30.0),
