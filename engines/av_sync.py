@@ -43,9 +43,6 @@ from engines.geometry.layouts import anchors_for
 
 FloatArray = npt.NDArray[np.float32]
 Float64Array = npt.NDArray[np.float64]
-ENVELOPE_RANGE_DB = 50.0
-SPEECH_BAND_HZ = (300.0, 3400.0)
-BAND_TAPER_HZ = 50.0
 MOUTH_DESCRIPTORS = ("inner_lip_height", "outer_lip_height", "mouth_width", "jaw_drop")
 AUDIO_BANDS = 20
 AUDIO_RANGE_NEPERS = 12.0  # ln-power range kept under the loudest band value (≈ 52 dB)
@@ -78,40 +75,6 @@ class AvSync:
     confidence: float
     reliable: bool
     reason: str
-
-
-def speech_band(audio: FloatArray, sample_rate_hz: int) -> Float64Array:
-    """(S,) ``audio`` band-passed to 300–3400 Hz with zero phase (FFT mask, 50 Hz cosine edges)."""
-    length = len(audio)
-    spectrum = np.fft.rfft(audio.astype(np.float64), n=length)
-    freqs = np.fft.rfftfreq(length, 1.0 / sample_rate_hz)
-    low, high = SPEECH_BAND_HZ
-    rise = np.clip((freqs - (low - BAND_TAPER_HZ)) / BAND_TAPER_HZ, 0.0, 1.0)
-    fall = np.clip(((high + BAND_TAPER_HZ) - freqs) / BAND_TAPER_HZ, 0.0, 1.0)
-    gain = np.sin(0.5 * np.pi * rise) ** 2 * np.sin(0.5 * np.pi * fall) ** 2
-    band: Float64Array = np.fft.irfft(spectrum * gain, n=length)
-    return band
-
-
-def speech_envelope_db(
-    audio: FloatArray, sample_rate_hz: int, fps: float, frames: int | None = None
-) -> FloatArray:
-    """Per-frame speech-band energy of (S,) mono ``audio``: (T,) dB, floored 50 dB under the
-    loudest frame.
-
-    Frame ``t`` covers samples ``[t·rate/fps, (t+1)·rate/fps)``; ``frames`` pads with silence or
-    cuts to that many frames (default: whole frames of the audio).
-    """
-    per = sample_rate_hz / fps
-    count = int(len(audio) // per) if frames is None else frames
-    edges = np.round(np.arange(count + 1) * per).astype(np.int64)
-    band = speech_band(audio, sample_rate_hz) if len(audio) else np.zeros(0)
-    padded = np.concatenate([band, np.zeros(max(0, int(edges[-1]) - len(audio)))])
-    power = np.add.reduceat(padded[: edges[-1]] ** 2, edges[:-1]) / np.diff(edges) if count else np.zeros(0)
-    level = 10 * np.log10(power + 1e-12)
-    floor = level.max(initial=-120.0) - ENVELOPE_RANGE_DB
-    envelope: FloatArray = np.maximum(level, floor).astype(np.float32)
-    return envelope
 
 
 def mouth_descriptors(points: npt.NDArray[np.floating[Any]], layout: str) -> FloatArray:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from engines.ai_mark import apply_ai_mark
-from engines.av_sync import AUDIO_BANDS, audio_descriptors, av_sync, mouth_descriptors, speech_envelope_db
+from engines.av_sync import AUDIO_BANDS, audio_descriptors, av_sync, mouth_descriptors
 from engines.errors import InputError
 
 RATE = 16_000
@@ -99,16 +99,6 @@ def test_bad_tracks_are_refused_in_one_line() -> None:
         av_sync(np.zeros(20, np.float32), np.zeros(20, np.float32), 25.0)
     with pytest.raises(InputError, match="NaN"):
         av_sync(np.full((60, 4), np.nan, np.float32), np.zeros((60, 3), np.float32), 25.0)
-
-
-def test_the_speech_envelope_is_the_speech_band_per_frame() -> None:
-    t = np.arange(RATE) / RATE
-    hum = np.sin(2 * np.pi * 60 * t).astype(np.float32)
-    tone = np.sin(2 * np.pi * 1000 * t).astype(np.float32)
-    assert speech_envelope_db(hum, RATE, 25.0).max() < -100  # below the band: not speech
-    envelope = speech_envelope_db(tone, RATE, 25.0)
-    assert envelope.shape == (25,) and np.allclose(envelope[2:-2], 10 * np.log10(0.5), atol=0.1)
-    assert speech_envelope_db(tone[:100], RATE, 25.0, frames=3).shape == (3,)
 
 
 def test_mediapipe_reads_the_synthetic_face_opening_its_mouth() -> None:
