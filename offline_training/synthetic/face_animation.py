@@ -27,7 +27,8 @@ CHIN_Y = 177.0
 JAW_HALF_WIDTH = 34.0
 FACE_CENTRE = (225.0, 125.0)
 FACE_WINDOW = 200.0  # side of the portrait square shown in the output frame
-MAX_DROP_PX = 11.0  # jaw drop at full opening, portrait pixels
+# jaw drop at full opening, portrait pixels (11 left the avatar's jaw steadier than any real clip's)
+MAX_DROP_PX = 15.0
 
 MOUTH_COLOUR = np.array([52.0, 18.0, 22.0])
 TEETH_COLOUR = np.array([225.0, 215.0, 200.0])
@@ -100,15 +101,20 @@ def open_mouth(portrait: ImageRGB, opening: float) -> ImageRGB:
     xs, ys = _grid()
     cx, cy = MOUTH_CENTRE
     drop = MAX_DROP_PX * float(np.clip(opening, 0.0, 1.0))
+    half_width = MOUTH_HALF_WIDTH * (0.62 + 0.25 * opening)
     across = np.exp(-0.5 * ((xs - cx) / JAW_HALF_WIDTH) ** 4)
-    below = _smoothstep((ys - cy) / 1.5) * (1.0 - _smoothstep((ys - CHIN_Y - drop) / 28.0))
+    # The lower face steps down sharply only where the opening's ellipse hides the step; beside the
+    # lips the skin stretches over a ramp (slope < 1, so no fold) instead of tearing, which drew a
+    # dark line out of each mouth corner that the renderer learnt as streaks.
+    in_opening = _smoothstep((half_width - np.abs(xs - cx)) / 4.0)
+    ramp = 1.5 + (1.0 - in_opening) * 1.8 * drop
+    below = _smoothstep((ys - cy) / ramp) * (1.0 - _smoothstep((ys - CHIN_Y - drop) / 28.0))
     displacement = (drop * across * below).astype(np.float32)
     lifted = (0.12 * drop * across * (1.0 - _smoothstep((cy - ys) / 10.0)) * (ys < cy)).astype(np.float32)
     map_y = ys - displacement + lifted
     warped = cv2.remap(portrait, xs, map_y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
     # The opening between the lips: an ellipse spanning the gap the warp made.
-    half_width = MOUTH_HALF_WIDTH * (0.62 + 0.25 * opening)
     half_height = 0.5 * drop
     centre_y = cy + 0.5 * drop
     inside = ((xs - cx) / half_width) ** 2 + ((ys - centre_y) / max(half_height, 0.5)) ** 2
