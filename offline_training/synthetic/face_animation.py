@@ -29,6 +29,10 @@ FACE_CENTRE = (225.0, 125.0)
 FACE_WINDOW = 200.0  # side of the portrait square shown in the output frame
 # jaw drop at full opening, portrait pixels (11 left the avatar's jaw steadier than any real clip's)
 MAX_DROP_PX = 15.0
+# Below the dropped chin the motion fades out over this many portrait pixels, so the neck at the
+# avatar's crop edge (about 20 px below the chin) stays put: over 28 px it moved with the jaw, and
+# the pasted crop showed a seam there.
+NECK_FADE_PX = 10.0
 
 MOUTH_COLOUR = np.array([52.0, 18.0, 22.0])
 TEETH_COLOUR = np.array([225.0, 215.0, 200.0])
@@ -77,7 +81,7 @@ def _smoothstep(x: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
 
 # Only this window of the portrait changes when the mouth opens.
 ROI_X = (int(MOUTH_CENTRE[0] - 2.5 * JAW_HALF_WIDTH), int(MOUTH_CENTRE[0] + 2.5 * JAW_HALF_WIDTH))
-ROI_Y = (int(MOUTH_CENTRE[1] - 30), int(CHIN_Y + MAX_DROP_PX + 40))
+ROI_Y = (int(MOUTH_CENTRE[1] - 30), int(CHIN_Y + MAX_DROP_PX + NECK_FADE_PX + 12))
 
 
 @cache
@@ -108,7 +112,7 @@ def open_mouth(portrait: ImageRGB, opening: float) -> ImageRGB:
     # dark line out of each mouth corner that the renderer learnt as streaks.
     in_opening = _smoothstep((half_width - np.abs(xs - cx)) / 4.0)
     ramp = 1.5 + (1.0 - in_opening) * 1.8 * drop
-    below = _smoothstep((ys - cy) / ramp) * (1.0 - _smoothstep((ys - CHIN_Y - drop) / 28.0))
+    below = _smoothstep((ys - cy) / ramp) * (1.0 - _smoothstep((ys - CHIN_Y - drop) / NECK_FADE_PX))
     displacement = (drop * across * below).astype(np.float32)
     lifted = (0.12 * drop * across * (1.0 - _smoothstep((cy - ys) / 10.0)) * (ys < cy)).astype(np.float32)
     map_y = ys - displacement + lifted
