@@ -126,8 +126,8 @@ def test_throughput_quick_sweeps_sessions_batched_and_unbatched(tmp_path: Path) 
     [result_file] = tmp_path.glob("throughput-*-quick.json")
     rows = json.loads(result_file.read_text())["rows"]
     assert [(row["preset"], row["batching"], row["max_batch"]) for row in rows] == [
-        ("mini", "batched", 2),
-        ("mini", "unbatched", 1),
+        ("live", "batched", 2),
+        ("live", "unbatched", 1),
     ]
     for row in rows:
         assert row["saturated_frames_per_s"] > 0 and row["ceiling_frames_per_s"] > 0
