@@ -18,14 +18,14 @@ def add_build_default_parser(sub: Any) -> None:
         description="Generate the synthetic astronaut talking face, prepare it, train the renderer (then "
         "the renderer with the adaptive smoothing) on it, train the audio model on a corpus of augmented "
         "generated speech, and write the bundle. Deterministic from --seed on a given machine and library "
-        "versions; about 35 minutes on 2 CPU cores (the `live` preset: about 65). The folder is replaced "
+        "versions; about 55 minutes on 2 CPU cores (the `mini` preset: about 35). The folder is replaced "
         "only once the new bundle is complete.",
     )
     build.add_argument(
         "--out", type=Path, help="bundle folder (default: engines/default_avatar, the one `serve` loads)"
     )
     build.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    build.add_argument("--preset", choices=PRESET_NAMES, help="network sizes (default: the recipe's, mini)")
+    build.add_argument("--preset", choices=PRESET_NAMES, help="network sizes (default: the recipe's, live)")
     build.add_argument("--renderer-steps", type=positive_int, help="renderer steps (default: the recipe's)")
     build.add_argument("--audio-steps", type=positive_int, help="audio model steps (default: the recipe's)")
     build.add_argument(

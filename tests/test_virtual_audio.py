@@ -23,16 +23,17 @@ from scipy.signal import correlate
 
 from benchmarks.lip_timing import lips_after_sound_ms
 from benchmarks.signals import bursts, envelope_db
+from engines.bundle import read_manifest
 from engines.bundle_paths import DEFAULT_AVATAR_DIR
 from engines.errors import InputError
 from engines.media.encode import write_wav
-from engines.timebase import SAMPLE_RATE_HZ
+from engines.timebase import FRAME_MS, SAMPLE_RATE_HZ
 from offline_training.synthetic.speech import synthesize_speech
 from realtime.engine import AvatarEngine
 from realtime.live import push_microphone, push_samples, run_live
 from realtime.mouth_probe import MouthProbe
 from realtime.session import StreamingSession
-from realtime.settings import StreamSettings
+from realtime.settings import StreamSettings, output_delay_frames
 from realtime.virtual_mic import PulseVirtualMicrophone, sound_server_running
 
 pytestmark = pytest.mark.realtime
@@ -214,7 +215,11 @@ def test_live_cli_sends_to_the_virtual_microphone_and_cleans_up(pulse_server: st
     command = [sys.executable, "-m", "stableface", "live", "--audio", str(speech), "--virtual-mic", "sf_cli"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-1500:]
-    assert "latency 80 ms" in done.stderr
+    model = read_manifest(DEFAULT_AVATAR_DIR).model
+    frames = output_delay_frames(
+        model.streaming.chunk_frames, model.audio.lookahead_frames, model.streaming.compute_allowance_ms
+    )
+    assert f"latency {frames * FRAME_MS:.0f} ms" in done.stderr  # the bundled avatar's delay
     assert "sf_cli" not in _pactl("list", "short", "modules") + _pactl("list", "short", "sources")
     refused = subprocess.run(
         command,

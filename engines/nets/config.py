@@ -1,14 +1,14 @@
-"""Sizes of the networks. Every size is configuration; three presets cover the uses.
+"""Sizes of the networks. Every size is configuration; the presets cover the uses.
 
 - ``paper``: the paper's renderer at 256x256 (8 residual blocks, features 64x64x256, p = 4,
   d = 512, N = 4); GPU.
 - ``small``: 128x128, real time on a 2-core CPU through ONNX Runtime.
-- ``live``: 128x128, the candidate next default avatar (``build-default --preset live``): twice
+- ``live``: 128x128, the bundled default avatar (``stableface build-default``): twice
   ``mini``'s widths, one frame of audio look-ahead and adaptive smoothing over three frames (t-1,
   t, t+1: the causal and the centred forms then mix the same frames, so training one trains the
   other), chunk 1. No audio fusion: trained on the generated clip's one toy voice it made the
-  mouth flicker under real voices (docs/default-avatar.md, "The next default avatar").
-- ``mini``: 128x128 with narrow layers, the bundled default avatar: chunk 1, no audio look-ahead
+  mouth flicker under real voices (docs/default-avatar.md, "Design").
+- ``mini``: 128x128 with narrow layers, the previous default avatar: chunk 1, no audio look-ahead
   and so no adaptive smoothing (causal smoothing without look-ahead can only average past frames,
   which delays the lips), so that a 2-core CPU shows the lips within 250 ms of the sound.
 - ``tiny``: 64x64, seconds per training step on a CPU; for tests.

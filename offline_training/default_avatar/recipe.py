@@ -2,9 +2,9 @@
 
 1. Generate the synthetic talking face (scikit-image's public-domain astronaut portrait mouthing the
    project's generated speech) and prepare it like any user video.
-2. Train the renderer on it with ``stableface train``'s trainer (``mini``: no adaptive smoothing;
-   a preset with smoothing, such as ``live``, then trains the renderer with the smoothing jointly,
-   the paper's schedule; see ``engines.nets.config``).
+2. Train the renderer on it with ``stableface train``'s trainer, then (for a preset with adaptive
+   smoothing, such as the default ``live``) the renderer with the smoothing jointly, the paper's
+   schedule; see ``engines.nets.config``.
 3. Replace the audio model with one trained on a corpus of augmented generated speech
    (:mod:`offline_training.default_avatar.speech_corpus`), so that it follows voices, languages
    and noise it never heard rather than the one toy voice of the clip.
@@ -79,7 +79,7 @@ class DefaultAvatarRecipe:
     seed: int = 0
     clip_seconds: float = 40.0
     frame_size: int = 256
-    preset: str = "mini"
+    preset: str = "live"
     renderer_steps: int = 2500
     smoothing_lr: float = 1e-4
     batch_size: int = 4
