@@ -9,7 +9,9 @@ changed at most one grey level in about 1e-5 of the pixels (same OpenCV build; 3
 100 digests changed). Re-recorded again on 2026-12-02 when the project's machine changed (now an
 AMD EPYC with AVX-512; same packages: torch 2.13.0, numpy 2.4.6, OpenCV 4.14.0.94): the commit
 before the re-recording rendered the new digests too, so the CPU's vector paths moved the
-rounding (4 to 35 of each 100 digests changed). Digests are exact: another CPU may need this again.
+rounding (4 to 35 of each 100 digests changed). And once more the same day, on an Intel Xeon:
+the `tiny` digests failed before any code change (the `default` ones were new anyway: the bundled
+avatar became `live`). Digests are exact: another CPU may need this again.
 """
 
 from __future__ import annotations
