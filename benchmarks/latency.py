@@ -220,7 +220,7 @@ def measure(args: argparse.Namespace, avatar: Path) -> list[dict[str, Any]]:
                 if signals:
                     calibration = synthesize_speech(CALIBRATION_SEED, 4 if args.quick else 10).audio
                     probe = MouthProbe.calibrate(engine, calibration)
-                    row["render_response_ms"] = render_response(engine, signals, probe)
+                    row["render_response_ms"], row["probe_fidelity"] = render_response(engine, signals, probe)
             finally:
                 engine.close()
             if probe is not None:
@@ -279,8 +279,13 @@ def markdown(result: dict[str, Any]) -> str:
         ]
         columns = ["preset", "backend", "C", "pipeline delay", "render response", "audio-in → lips-out"]
         columns += ["… every onset (unmatched: their lateness)", "A/V offset", "abs A/V offset", "onsets"]
-        columns += ["server skipped frames", "xcorr lag"]
-        lines += common.markdown_table(columns, "llrrrrrrrrrr", [_loopback_cells(row) for row in looped])
+        columns += ["server skipped frames", "xcorr lag", "probe fidelity r"]
+        lines += common.markdown_table(columns, "llrrrrrrrrrrr", [_loopback_cells(row) for row in looped])
+        lines += [
+            "",
+            "Probe fidelity: the correlation of the mouth probe's scores with the rendered frames' true "
+            "inner-lip areas over every test signal, in process (realtime/mouth_probe.py).",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -305,6 +310,7 @@ def _loopback_cells(row: dict[str, Any]) -> list[object]:
         f"{matched}/{sent}",
         f"{skipped}/{frames}",
         ", ".join(f"{run['correlation_best_lag_ms']:.0f}" for run in runs),
+        f"{row['probe_fidelity']:.3f}" if "probe_fidelity" in row else "—",
     ]
 
 

@@ -198,17 +198,25 @@ def _unmatched_lateness_ms(onset: float, expected: float) -> float:
     return 1000 * (expected + MATCH_HALF_WIDTH_S - onset)
 
 
-def render_response(engine: AvatarEngine, signals: list[TestSignal], probe: MouthProbe) -> dict[str, float]:
+def render_response(
+    engine: AvatarEngine, signals: list[TestSignal], probe: MouthProbe
+) -> tuple[dict[str, float], float]:
     """The avatar's own timing, no clock and no transport: (frame where the mouth opens) × 40 ms
-    minus the onset, on each signal's timeline (negative: the lips anticipate the sound)."""
-    responses = []
+    minus the onset, on each signal's timeline (negative: the lips anticipate the sound); and the
+    probe's fidelity, the correlation of its scores with the frames' true inner-lip areas over
+    every signal (what the probe reads of the mouth, on speech it was not calibrated on)."""
+    responses, scores_all, areas_all = [], [], []
     for signal in signals:
-        scores = np.array(
-            [probe.score(f.image) for f in stream_file(engine, signal.audio) if f.image is not None]
-        )
+        frames = [f for f in stream_file(engine, signal.audio) if f.image is not None]
+        scores = np.array([probe.score(f.image) for f in frames if f.image is not None])
+        scores_all.append(scores)
+        areas_all.append(np.array([f.inner_lip_area for f in frames]))
         lips = mouth_onsets(np.arange(len(scores)) * FRAME_MS / 1000, scores)
         for onset in signal.onsets_s:
             opened = first_within(lips, onset - 2 * FRAME_MS / 1000, onset + MATCH_HALF_WIDTH_S)
             if opened is not None:
                 responses.append(1000 * (opened - onset))
-    return percentiles(responses) if responses else {}
+    fidelity = (
+        float(np.corrcoef(np.concatenate(scores_all), np.concatenate(areas_all))[0, 1]) if signals else 0.0
+    )
+    return (percentiles(responses) if responses else {}), fidelity
