@@ -3,8 +3,11 @@ calibrated on, through JPEG compression and at another frame size."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import cv2
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from engines.bundle import DEFAULT_AVATAR_DIR
@@ -16,16 +19,16 @@ from realtime.settings import StreamSettings
 
 
 @pytest.fixture(scope="module")
-def engine():
+def engine() -> Iterator[AvatarEngine]:
     loaded = AvatarEngine.load(DEFAULT_AVATAR_DIR, "onnxruntime-cpu", StreamSettings(chunk_frames=1))
     yield loaded
     loaded.close()
 
 
-def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+def _jpeg(image: npt.NDArray[np.uint8], quality: int) -> npt.NDArray[np.uint8]:
     ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
     assert ok
-    return np.asarray(cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED))
+    return np.asarray(cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED), np.uint8)
 
 
 def test_the_probe_follows_the_true_opening_on_unseen_speech(engine: AvatarEngine) -> None:
@@ -40,7 +43,10 @@ def test_the_probe_follows_the_true_opening_on_unseen_speech(engine: AvatarEngin
     clean = np.array([probe.score(image) for image in images])
     compressed = np.array([probe.score(_jpeg(image, 30)) for image in images])
     smaller = np.array(
-        [probe.score(cv2.resize(image, (192, 192), interpolation=cv2.INTER_AREA)) for image in images]
+        [
+            probe.score(np.asarray(cv2.resize(image, (192, 192), interpolation=cv2.INTER_AREA), np.uint8))
+            for image in images
+        ]
     )
     # The sign-weighted pixel mean the probe replaced read 0.68 on such speech.
     assert np.corrcoef(clean, opening)[0, 1] > 0.9
