@@ -37,7 +37,10 @@ from engines.nets.smoothing import apply_smoothing_weights
 from stableface.cli import main
 
 TOLERANCE = 1e-3
-CONFIG = PRESETS["tiny"]
+# The tiny preset with the output sharpening on: the exports must carry that filter too.
+CONFIG = PRESETS["tiny"].model_copy(
+    update={"renderer": PRESETS["tiny"].renderer.model_copy(update={"output_sharpening": 1.0})}
+)
 HAS_TENSORRT_GPU = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
 
 
@@ -357,3 +360,13 @@ def test_an_open_engine_keeps_blas_on_one_thread_and_closing_the_last_restores_i
         assert blas_threads() == {1}
         second.close()
         assert blas_threads() == before
+
+
+def test_the_export_key_changes_with_the_output_sharpening(networks: AvatarNetworks) -> None:
+    """The filter is no weight, yet an export made without it must not be reused with it."""
+    from engines.backends.onnx_export import weights_digest
+
+    plain = build_networks(PRESETS["tiny"])
+    for key in ("audio2expression", "renderer", "smoothing"):
+        getattr(plain, key).load_state_dict(getattr(networks, key).state_dict())
+    assert weights_digest(plain) != weights_digest(networks)

@@ -91,6 +91,27 @@ def test_renderer_shapes_and_output_range() -> None:
     assert out.abs().max() <= 1.0
 
 
+@torch.no_grad()
+def test_output_sharpening_sharpens_rendered_frames_but_never_training() -> None:
+    config = TINY.renderer.model_copy(update={"output_sharpening": 1.0})
+    sharp, plain = Renderer(config), Renderer(TINY.renderer)
+    plain.load_state_dict(sharp.state_dict())  # the filter is not a weight: bundles load either way
+    features = torch.randn(2, plain.feature_channels, plain.feature_size, plain.feature_size)
+    sharp.train(), plain.train()
+    assert torch.equal(sharp.decode(features), plain.decode(features))  # training sees no filter
+    sharp.eval(), plain.eval()
+    drawn, smooth = sharp.decode(features), plain.decode(features)
+    assert drawn.abs().max() <= 1.0
+    inner = (slice(None), slice(None), slice(2, -2), slice(2, -2))
+    assert abs(float(drawn[inner].mean() - smooth[inner].mean())) < 0.02  # no brightness shift
+    edges = (smooth.diff(dim=-1).abs().mean(), drawn.diff(dim=-1).abs().mean())
+    assert edges[1] > 1.3 * edges[0]  # steeper steps between neighbouring pixels
+    assert sharp.sharpen is not None
+    flat = torch.full((1, 3, 16, 16), 0.25)
+    padded = torch.nn.functional.pad(flat, (2, 2, 2, 2), mode="replicate")
+    assert torch.allclose(torch.nn.functional.conv2d(padded, sharp.sharpen, groups=3), flat)
+
+
 def test_block_causal_renderer_keeps_earlier_chunks_fixed() -> None:
     renderer = Renderer(TINY.renderer).eval()
     # The dependency module starts as an identity (zero-initialised output): make it matter.

@@ -77,7 +77,8 @@ class ExportManifest(BaseModel):
 
 
 def weights_digest(networks: AvatarNetworks) -> str:
-    """SHA-256 over every weight of the three networks (names, shapes and values)."""
+    """SHA-256 over every weight of the three networks (names, shapes and values) and the
+    renderer's output sharpening."""
     digest = hashlib.sha256()
     for key in ("audio2expression", "renderer", "smoothing"):
         module: nn.Module = getattr(networks, key)
@@ -85,6 +86,9 @@ def weights_digest(networks: AvatarNetworks) -> str:
             value = tensor.detach().to("cpu", torch.float32).contiguous()
             digest.update(f"{key}.{name}:{tuple(value.shape)}".encode())
             digest.update(value.numpy().tobytes())
+    sharpening = networks.renderer.config.output_sharpening
+    if sharpening:  # a fixed filter in the graph, not a weight; older exports had none
+        digest.update(f"renderer.output_sharpening:{sharpening!r}".encode())
     return digest.hexdigest()
 
 

@@ -81,6 +81,12 @@ class RendererConfig(_Config):
         heads: attention heads.
         mlp_ratio: transformer feed-forward width over d.
         use_audio_fusion, use_dependency: ablation switches (Table V).
+        output_sharpening: amount of the unsharp mask (Gaussian σ = 0.7 px at the render size) on
+            every frame the renderer draws outside training, 0 = none. A crop rendered at 128 px
+            and pasted into a larger face box is blurred by the upscaling: a perfect 128 px crop
+            of the default avatar's own frames keeps 0.60x their mouth-box CPBD, and 1.3 restores
+            1.0x (docs/default-avatar.md). Training never sees it, so the network does not learn
+            to undo it.
     """
 
     image_size: int = 256
@@ -95,6 +101,7 @@ class RendererConfig(_Config):
     mlp_ratio: float = 2.0
     use_audio_fusion: bool = True
     use_dependency: bool = True
+    output_sharpening: float = Field(0.0, ge=0.0, le=4.0)
 
 
 class StreamingConfig(_Config):
@@ -196,6 +203,7 @@ PRESETS: dict[str, ModelConfig] = {
             transformer_blocks=1,
             heads=2,
             use_audio_fusion=False,
+            output_sharpening=1.3,
         ),
         sequence_length=6,
         streaming=StreamingConfig(chunk_frames=1, compute_allowance_ms=30.0),

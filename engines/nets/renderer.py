@@ -10,15 +10,36 @@ Input per frame: the eroded reference frame (3 channels, [-1, 1]) and the smooth
 (4 channels, [0, 1]); output: the frame, (3, S, S) in [-1, 1]. The encoder and decoder work on
 frames one by one, so streaming can cache encoded past frames and decode only new ones; the
 dependency module is the only place frames meet.
+
+Outside training, ``decode`` also applies the configured output sharpening
+(``RendererConfig.output_sharpening``): one fixed depthwise 5x5 convolution, so every path that
+renders (streaming, offline render, the exports) draws the same frames.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engines.nets.attention import TransformerBlock, sinusoidal_positions
 from engines.nets.config import RendererConfig
+
+SHARPEN_RADIUS = 2
+SHARPEN_SIGMA_PX = 0.7
+
+
+def sharpen_kernel(amount: float) -> Tensor:
+    """(3, 1, 5, 5) depthwise kernel of an unsharp mask: (1 + amount)·x − amount·gauss(x), with a
+    Gaussian of σ = 0.7 px truncated at 2 px and normalised to sum 1 (the kernel sums to 1 too)."""
+    offsets = torch.arange(-SHARPEN_RADIUS, SHARPEN_RADIUS + 1, dtype=torch.float64)
+    line = torch.exp(-(offsets**2) / (2 * SHARPEN_SIGMA_PX**2))
+    gauss = torch.outer(line, line)
+    gauss /= gauss.sum()
+    identity = torch.zeros_like(gauss)
+    identity[SHARPEN_RADIUS, SHARPEN_RADIUS] = 1.0
+    kernel = (1 + amount) * identity - amount * gauss
+    return kernel.to(torch.float32).expand(3, 1, -1, -1).contiguous()
 
 
 def _conv_block(inputs: int, outputs: int, kernel: int, stride: int) -> nn.Sequential:
@@ -143,6 +164,11 @@ class Renderer(nn.Module):
             nn.Conv2d(base, 3, 7, padding=3),
             nn.Tanh(),
         )
+        self.sharpen: Tensor | None
+        sharpening = config.output_sharpening
+        self.register_buffer(
+            "sharpen", sharpen_kernel(sharpening) if sharpening > 0 else None, persistent=False
+        )
 
     @property
     def tokens_per_frame(self) -> int:
@@ -185,8 +211,11 @@ class Renderer(nn.Module):
         return result
 
     def decode(self, features: Tensor) -> Tensor:
-        """(N, C, h, w) → (N, 3, S, S) frames in [-1, 1]."""
+        """(N, C, h, w) → (N, 3, S, S) frames in [-1, 1] (sharpened outside training)."""
         result: Tensor = self.decoder(features)
+        if self.sharpen is not None and not self.training:
+            padded = F.pad(result, (SHARPEN_RADIUS,) * 4, mode="replicate")
+            result = F.conv2d(padded, self.sharpen.to(result.dtype), groups=3).clamp(-1.0, 1.0)
         return result
 
     def forward(self, eroded: Tensor, shapes: Tensor, audio: Tensor, mask: Tensor | None = None) -> Tensor:
