@@ -7,7 +7,8 @@
   ``mini``'s widths, one frame of audio look-ahead and adaptive smoothing over three frames (t-1,
   t, t+1: the causal and the centred forms then mix the same frames, so training one trains the
   other), chunk 1. No audio fusion: trained on the generated clip's one toy voice it made the
-  mouth flicker under real voices (docs/default-avatar.md, "Design").
+  mouth flicker under real voices (docs/default-avatar.md, "Design"). Output sharpening 1.3: its
+  128 px render is pasted into a larger box, which the upscaling blurs.
 - ``mini``: 128x128 with narrow layers, the previous default avatar: chunk 1, no audio look-ahead
   and so no adaptive smoothing (causal smoothing without look-ahead can only average past frames,
   which delays the lips), so that a 2-core CPU shows the lips within 250 ms of the sound.
