@@ -230,6 +230,7 @@ def test_sync_validation_quick_asks_both_questions(tmp_path: Path) -> None:
     assert len(result["pairs"]) == 2
     # the generated face moves its mouth with its own voice: the unshifted offset is found
     assert all(abs(clip["shifts"][2]["error_ms"]) <= 80 for clip in result["clips"])
+    assert all(clip["short_window"]["frames"] == clip["frames"] == 150 for clip in result["clips"])
     assert result_file.with_suffix(".md").read_text().startswith("# sync validation")
 
 
