@@ -24,9 +24,9 @@ DEFAULT_RUN_SPEECH = {"RD_Radio31_000", "japan1", "noisy_audio_cafeter_snr_0"}
 # Issue 19's target missed by the `live` default avatar (docs/default-avatar.md). Under cafeteria
 # babble at 0 dB SNR its mouth follows some of the babble (0.38 at -9 ms): strict, a fix shows.
 KNOWN_MISSES = {"noisy_audio_cafeter_snr_0": "the mouth follows some of the cafeteria babble (issue 19)"}
-# Three 6.4 s noisy recordings read 0.47-0.48 here (full frames; 0.50-0.55 on the 256 px mouth crops
-# of benchmarks/avatar_quality.py). Real faces with their own clean sound score a median 0.32 over
-# that length (docs/evaluation.md). Not strict: another CPU's rounding can put them over 0.5.
+# Three 6.4 s noisy recordings read 0.47-0.48 (as `stableface eval` reads them). Real faces with
+# their own clean sound score a median 0.32 over that length (docs/evaluation.md). Not strict:
+# another CPU's rounding can put them over 0.5.
 NARROW_MISSES = {
     stem: "reads 0.47-0.48 on a 6.4 s recording, just under 0.5 (issue 19)"
     for stem in ("noisy_audio_meeting_snr_10", "noisy_audio_meeting_snr_20", "noisy_audio_office_snr_0")
