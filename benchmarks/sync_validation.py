@@ -88,16 +88,16 @@ def measure(name: str, mouth: np.ndarray, audio: np.ndarray) -> dict[str, Any]:
             }
         )
     short = min(len(mouth), int(SHORT_WINDOW_S * FPS))
-    opening = _sync(mouth[:short], audio[: short * SAMPLE_RATE_HZ // int(FPS)])
+    start = _sync(mouth[:short], audio[: short * SAMPLE_RATE_HZ // int(FPS)])
     return {
         "clip": name,
         "frames": len(mouth),
         "shifts": rows,
         "short_window": {
             "frames": short,
-            "correlation": opening.correlation,
-            "offset_ms": opening.offset_ms,
-            "reliable": opening.reliable,
+            "correlation": start.correlation,
+            "offset_ms": start.offset_ms,
+            "reliable": start.reliable,
         },
     }
 

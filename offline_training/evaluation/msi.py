@@ -93,11 +93,8 @@ class NormalisedTracks:
 
     Attributes:
         points: (T, N, 2) crop coordinates; frames without a face are linearly interpolated (for
-            sync and slices; MSI leaves the accelerations that touch them out).
+            NLMD and slices; MSI leaves the accelerations that touch them out).
         found: (T,) whether the tracker found the face in each frame.
-        depth: (T, N) the tracker's depth of each point in crop pixels (0 for 2D trackers),
-            interpolated like ``points``; for measures that must not change as the head turns
-            (sync descriptors), never for MSI, which the paper defines on the image plane.
         box: the fixed box (source pixels).
         tracker: tracker name; layout: its landmark layout.
         slice_column: (256, T, 3) uint8 pixel column through the mouth centre of each crop.
@@ -107,7 +104,6 @@ class NormalisedTracks:
 
     points: Points
     found: npt.NDArray[np.bool_]
-    depth: npt.NDArray[np.float64]
     box: MsiBox
     tracker: str
     layout: str
@@ -170,7 +166,7 @@ def track_normalised(
     def measure(frame: ImageRGB) -> None:
         crop = box.crop(frame)
         points = tracker.track(crop)
-        tracks.append(None if points is None else points[:, :3].astype(np.float64))
+        tracks.append(None if points is None else points[:, :2].astype(np.float64))
         columns.append(crop[:, column_x])
         if not first_crops:
             first_crops.append(crop)
@@ -185,9 +181,8 @@ def track_normalised(
         raise InputError(f"the video has {len(tracks)} frames; MSI needs at least 3")
     filled, found = _filled(tracks)
     return NormalisedTracks(
-        points=filled[..., :2],
+        points=filled,
         found=found,
-        depth=filled[..., 2],
         box=box,
         tracker=tracker.name,
         layout=tracker.layout.name,
