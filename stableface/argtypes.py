@@ -45,6 +45,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+def duration(text: str) -> float:
+    """Seconds of a duration such as ``90s``, ``20m``, ``1h30m`` (a bare number: minutes)."""
+    from offline_training.train.budget import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def default_of(model: type[BaseModel], field: str) -> Any:
     """The default of a settings field, so that an option's default is written once, in the model."""
     return model.model_fields[field].get_default(call_default_factory=True)

@@ -55,6 +55,7 @@ def _train_tiny(dataset: Path, out: Path, steps: int) -> Path:
         show_progress=False,
         val_every=1000,
         checkpoint_every=1000,
+        stability_report=False,
     )
     Trainer(settings).run()
     return out

@@ -32,6 +32,7 @@ def _settings(dataset: Path, out: Path, **overrides: object) -> TrainSettings:
         "val_every": 1000,
         "checkpoint_every": 1000,
         "batch_size": 2,
+        "stability_report": False,
     }
     values.update(overrides)
     return TrainSettings(**values)
@@ -136,7 +137,7 @@ def test_torchrun_with_two_processes_on_gloo(synthetic_dataset: Path, tmp_path: 
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "-m", "stableface", "train", str(synthetic_dataset), "--out", str(tmp_path / "ddp"),
-        "--preset", "tiny", "--stage", "renderer", "--steps", "3", "-q",
+        "--preset", "tiny", "--stage", "renderer", "--steps", "3", "-q", "--no-stability-report",
     ]  # fmt: skip
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

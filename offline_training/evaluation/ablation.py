@@ -75,7 +75,7 @@ class TrainingPlan:
     preset: str = _TRAIN_DEFAULTS["preset"].default
     steps: int | None = None
     epochs: float | None = None
-    batch_size: int = _TRAIN_DEFAULTS["batch_size"].default
+    batch_size: int | None = _TRAIN_DEFAULTS["batch_size"].default
     device: str = _TRAIN_DEFAULTS["device"].default
     seed: int = _TRAIN_DEFAULTS["seed"].default
     vgg_weights: Path | None = None
@@ -159,6 +159,7 @@ def train_variant(dataset_path: Path, out: Path, variant: Variant, plan: Trainin
         erosion=variant.erosion,
         dependency=variant.dependency,
         show_progress=plan.show_progress,
+        stability_report=False,  # the ablation measures every variant's tail itself
     )
     logger.info("%s: training (%s)", variant.name, variant.label)
     Trainer(settings).run()

@@ -204,7 +204,8 @@ def table_markdown(
     steps = f"{plan.steps} steps per stage" if plan.steps else f"{plan.epochs or 1:g} epochs per stage"
     lines += [
         "",
-        f"Preset `{plan.preset}`, {steps}, batch {plan.batch_size}, device {plan.device}, "
+        f"Preset `{plan.preset}`, {steps}, batch {plan.batch_size or 'for the device'}, "
+        f"device {plan.device}, "
         f"seeds {', '.join(map(str, seeds))} (± is the spread over seeds). Held-out tail: {frames} frames "
         f"at {fps:g} fps, driven by its own speech, compared with the real tail at the renderer's size. "
         f"Landmarks: {tracker}. Sync: {sync_name}.",

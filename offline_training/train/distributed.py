@@ -47,6 +47,14 @@ class DistributedContext:
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=ids)
 
+    def from_main(self, values: list[float]) -> list[float]:
+        """The main process's ``values`` on every process (so all take the same decision)."""
+        if self.world_size == 1:
+            return values
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.broadcast(tensor, 0)
+        return [float(value) for value in tensor.tolist()]
+
     def barrier(self) -> None:
         if self.world_size > 1:
             dist.barrier()

@@ -68,4 +68,3 @@ def augment_mask(
     matrix[:, 2] += rng.uniform(-settings.max_shift, settings.max_shift, size=2) * size
     warped = cv2.warpAffine(out, matrix, (size, size), flags=cv2.INTER_NEAREST, borderValue=(0,))
     return np.where(np.asarray(warped) >= 128, 255, 0).astype(np.uint8)
-

@@ -16,7 +16,9 @@ class TrainSettings(BaseModel):
 
     ``steps`` (or ``epochs``) counts per stage; with ``stage="all"`` the stages run in order
     a2e → renderer → joint, the joint stage getting a fifth of the renderer's steps (the paper's
-    100 + 20 epochs).
+    100 + 20 epochs). ``budget_s`` instead gives the whole run a wall-clock budget
+    (:mod:`offline_training.train.budget`). ``batch_size`` ``None`` picks one for the device
+    (:func:`resolved_batch_size`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -30,7 +32,8 @@ class TrainSettings(BaseModel):
     resume: bool = False
     overwrite: bool = False
     device: str = "cpu"
-    batch_size: int = Field(2, ge=1)
+    budget_s: float | None = Field(None, gt=0)
+    batch_size: int | None = Field(None, ge=1)
     audio_window_frames: int = Field(50, ge=4)
     renderer_lr: float = Field(1e-4, gt=0)
     audio_lr: float = Field(3e-4, gt=0)
@@ -48,14 +51,34 @@ class TrainSettings(BaseModel):
     dependency: bool = True
     show_progress: bool = True
     reference_frames: int | None = Field(None, ge=1)
+    stability_report: bool = True
+    tracker_model: Path | None = None
+    compile: bool = False
 
     @model_validator(mode="after")
     def _length(self) -> TrainSettings:
         if self.steps is not None and self.epochs is not None:
             raise ValueError("give --steps or --epochs, not both")
+        if self.budget_s is not None and (self.steps is not None or self.epochs is not None):
+            raise ValueError("give --budget or --steps/--epochs, not both")
+        if self.budget_s is not None and self.resume:
+            raise ValueError("--resume continues a run counted in steps; a --budget run starts afresh")
         return self
 
     def stages(self) -> list[Stage]:
         if self.stage == "all":
             return ["a2e", "renderer", "joint"] if self.smoothing else ["a2e", "renderer"]
         return [self.stage]
+
+
+CPU_BATCH = 2
+# Sequences per step on a GPU: the dataset is small and resident, so a batch fills the device.
+# Not measured here (no GPU on the development machine); see docs/training.md.
+GPU_BATCH = {"paper": 8, "small": 16, "live": 32, "mini": 32, "tiny": 32}
+
+
+def resolved_batch_size(batch_size: int | None, preset: str, device_type: str) -> int:
+    """The batch a run uses: the one given, else 2 on a CPU and a preset's GPU batch on CUDA."""
+    if batch_size is not None:
+        return batch_size
+    return GPU_BATCH.get(preset, 8) if device_type == "cuda" else CPU_BATCH

@@ -1,0 +1,110 @@
+"""Is a trained avatar as steady as its person? MSI of the rendered held-out tail beside the real one.
+
+``stableface train`` ends with this report: the held-out tail (never trained on) is rendered from
+its own speech on its own reference frames (same head motion, so only the mouth differs), and the
+lips' and jaw's MSI (paper III-D) of the render are read beside the real tail's, with every
+tracker given. MSI rewards over-smoothing as much as it punishes jitter, so the target is a band:
+within ``TOLERANCE`` of the real tail, on both sides.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from engines.geometry.trackers import LandmarkTracker
+from offline_training.dataset import AvatarDataset
+from offline_training.evaluation.ablation import render_tail, tail_indices, truth_frames
+from offline_training.evaluation.msi import track_normalised
+
+TOLERANCE = 0.10
+
+ImageRGB = npt.NDArray[np.uint8]
+
+
+@dataclass(frozen=True)
+class TailStability:
+    """MSI of lips and jaw on the rendered and the real held-out tail, under one tracker."""
+
+    tracker: str
+    frames: int
+    rendered_lip: float
+    rendered_jaw: float
+    real_lip: float
+    real_jaw: float
+
+    def ratio(self, part: str) -> float:
+        """Rendered over real MSI of ``lip`` or ``jaw`` (1: as steady as the person)."""
+        rendered, real = (
+            (self.rendered_lip, self.real_lip) if part == "lip" else (self.rendered_jaw, self.real_jaw)
+        )
+        return rendered / real if real > 0 else math.nan
+
+    def verdict(self, part: str) -> str:
+        """``within ±10%``, ``below`` (jitterier than the person) or ``above`` (stiffer)."""
+        ratio = self.ratio(part)
+        if math.isnan(ratio):
+            return "not measured"
+        if ratio < 1 - TOLERANCE:
+            return "below"
+        if ratio > 1 + TOLERANCE:
+            return "above"
+        return f"within ±{TOLERANCE:.0%}"
+
+    def lines(self) -> list[str]:
+        return [
+            f"MSI {part:<3} ({self.tracker}, {self.frames} frames): rendered {rendered:.3f}, "
+            f"real {real:.3f}, ratio {self.ratio(part):.2f} — {self.verdict(part)}"
+            for part, rendered, real in (
+                ("lip", self.rendered_lip, self.real_lip),
+                ("jaw", self.rendered_jaw, self.real_jaw),
+            )
+        ]
+
+    def metrics(self) -> dict[str, float]:
+        """Flat entries for ``metrics.jsonl`` and ``report.json``."""
+        prefix = f"tail/{self.tracker}"
+        return {
+            f"{prefix}/msi_lip": self.rendered_lip,
+            f"{prefix}/msi_jaw": self.rendered_jaw,
+            f"{prefix}/real_msi_lip": self.real_lip,
+            f"{prefix}/real_msi_jaw": self.real_jaw,
+            f"{prefix}/msi_lip_ratio": self.ratio("lip"),
+            f"{prefix}/msi_jaw_ratio": self.ratio("jaw"),
+        }
+
+
+def tail_stability(
+    bundle_path: Path, dataset: AvatarDataset, trackers: list[LandmarkTracker], device: str = "cpu"
+) -> list[TailStability]:
+    """Render the held-out tail with the avatar in ``bundle_path`` and compare its MSI with the real tail's.
+
+    The bundle must keep every dataset frame as reference (``train`` without ``--reference-frames``).
+
+    Raises:
+        InputError: the tail is too short, the bundle lacks reference frames, or a tracker finds no
+            face in either video.
+    """
+    render = render_tail(bundle_path, dataset, device)
+    indices = tail_indices(dataset)
+    truth = truth_frames(dataset, indices, render.frames.shape[1])
+    rendered = render.frames[: len(truth)]
+    results = []
+    for tracker in trackers:
+        ours = track_normalised(iter(rendered), tracker)
+        real = track_normalised(iter(truth), tracker)
+        results.append(
+            TailStability(
+                tracker=tracker.name,
+                frames=len(truth),
+                rendered_lip=ours.msi_lip(),
+                rendered_jaw=ours.msi_jaw(),
+                real_lip=real.msi_lip(),
+                real_jaw=real.msi_jaw(),
+            )
+        )
+    return results
