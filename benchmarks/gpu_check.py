@@ -1,6 +1,6 @@
 """GPU check: the one prepared run for a lent GPU machine (DESIGN.md section 5, "GPU check").
 
-Seven independent sections. Each has its own time budget: a section stops between steps when its
+Eight independent sections. Each has its own time budget: a section stops between steps when its
 budget cannot fit the next one and names what it left out; an alarm at budget + grace ends a stuck
 one. A failing section is recorded (its error and the end of its traceback) and the next runs.
 ``gpu-check.json`` and ``gpu-check.md`` are rewritten after every section, so a run killed from
@@ -27,6 +27,9 @@ f. loopback: ``stableface serve`` in its own process and an aiortc call to it (t
    audio in -> audio out, and audio in -> lips out when the avatar's mouth can be read.
 g. memory: GPU memory (``torch.cuda.memory_allocated`` / ``max_memory_allocated``) as live
    sessions are added; with it the size of the state a session keeps on the device.
+h. training: renderer training steps per preset as ``stableface train`` runs them on the device
+   (``benchmarks/train_speed.py``: bfloat16 autocast, channels-last, the GPU batch): step ms
+   p50/p95/p99 and training frames/s.
 
 Avatars are ``benchmarks/preset_avatar.py`` bundles: untrained networks of each preset over the
 default avatar's reference video, made on the spot (speed, never quality). ``--dry-run`` runs the
@@ -120,7 +123,7 @@ class Plan:
         dry_run: the CPU rehearsal (tiny shapes) instead of the GPU run.
         device: where the backends and the per-frame tensors run (``cuda`` or ``cpu``).
         precision, cuda_graphs: the backend configuration measured by sections c-g.
-        budgets_s: seconds per section key (a-g).
+        budgets_s: seconds per section key (a-h).
         parity_presets, parity_batch, parity_variants: section b's backend comparisons
             ((precision, CUDA graphs) on the device, each against torch fp32 on the CPU).
         stream_preset, stream_seconds, stream_variants: section b's stream comparison.
@@ -131,6 +134,7 @@ class Plan:
         loopback_preset, loopback_backend, loopback_seconds, probe_seconds: section f (probe
             seconds: calibration and held-out speech; 0 leaves the probe out).
         memory_preset, memory_counts, memory_step_s: section g.
+        train_presets, train_steps: section h (timed steps per preset, after one warm-up).
         preload_s: reference video preloaded on the device per avatar (seconds of frames).
         warmup_calls: untimed calls before each timed series (section c).
         torch_threads: torch's CPU threads (None: torch's default); the dry run uses 1, which
@@ -171,6 +175,8 @@ class Plan:
     memory_preset: str
     memory_counts: tuple[int, ...]
     memory_step_s: float
+    train_presets: tuple[str, ...]
+    train_steps: int
     preload_s: float
     warmup_calls: int
     torch_threads: int | None
@@ -181,7 +187,7 @@ GPU_PLAN = Plan(
     device="cuda",
     precision="bf16",
     cuda_graphs=True,
-    budgets_s={"a": 10, "b": 55, "c": 80, "d": 150, "e": 40, "f": 55, "g": 35},
+    budgets_s={"a": 10, "b": 55, "c": 80, "d": 150, "e": 40, "f": 55, "g": 35, "h": 35},
     parity_presets=("paper", "small", "tiny"),
     parity_batch=2,
     parity_variants=(("fp32", False), ("bf16", False), ("fp16", False), ("bf16", True)),
@@ -211,6 +217,8 @@ GPU_PLAN = Plan(
     memory_preset="paper",
     memory_counts=(1, 2, 4, 8, 16),
     memory_step_s=1.0,
+    train_presets=("tiny", "live", "small", "paper"),
+    train_steps=6,
     preload_s=8.0,
     warmup_calls=3,
     torch_threads=None,
@@ -221,7 +229,7 @@ DRY_PLAN = Plan(
     device="cpu",
     precision="fp32",
     cuda_graphs=False,
-    budgets_s={"a": 10, "b": 20, "c": 15, "d": 20, "e": 10, "f": 30, "g": 15},
+    budgets_s={"a": 10, "b": 20, "c": 15, "d": 20, "e": 10, "f": 30, "g": 15, "h": 15},
     parity_presets=("tiny",),
     parity_batch=2,
     parity_variants=(("fp32", False),),
@@ -251,6 +259,8 @@ DRY_PLAN = Plan(
     memory_preset="tiny",
     memory_counts=(1, 2),
     memory_step_s=0.6,
+    train_presets=("tiny",),
+    train_steps=2,
     preload_s=1.0,
     warmup_calls=1,
     torch_threads=1,
@@ -1295,6 +1305,31 @@ def section_memory(ctx: Context, budget: Budget) -> dict[str, Any]:
     return result
 
 
+def section_training(ctx: Context, budget: Budget) -> dict[str, Any]:
+    """Renderer training steps per preset on the device, as ``stableface train`` runs them."""
+    import torch
+
+    from benchmarks.train_speed import time_training
+
+    rows = []
+    for preset in ctx.plan.train_presets:
+        if rows and not budget.allows(3 * rows[-1]["seconds"]):
+            budget.leave_out(f"training {preset}")
+            continue
+        started = time.monotonic()
+        row = {"preset": preset, **time_training(preset, ctx.plan.train_steps, ctx.device)}
+        row["seconds"] = time.monotonic() - started
+        rows.append(row)
+        print(
+            f"  training {preset}: batch {row['batch']}, step {row['step_ms']['p50']:.0f} ms p50, "
+            f"{row['train_frames_per_s_p50']:.0f} frames/s",
+            flush=True,
+        )
+        if ctx.device.type == "cuda":
+            torch.cuda.empty_cache()
+    return {"rows": rows}
+
+
 # ---------------------------------------------------------------------------------- the run
 
 
@@ -1314,6 +1349,7 @@ SECTIONS = (
     Section("e", "stages", "per-stage GPU timings", section_stages),
     Section("f", "loopback", "audio in to lips out over a WebRTC loopback", section_loopback),
     Section("g", "memory", "GPU memory per session", section_memory),
+    Section("h", "training", "training steps per preset", section_training),
 )
 NOT_REACHED = "not reached: the run ended before this section"
 INTERRUPTED = "interrupted (SIGINT: the run's time limit or Ctrl-C)"
@@ -1460,6 +1496,7 @@ def markdown(report: dict[str, Any]) -> str:
         "e": _md_stages,
         "f": _md_loopback,
         "g": _md_memory,
+        "h": _md_training,
     }
     for key, entry in report["sections"].items():
         timing = f", {entry['elapsed_s']:.1f} s of {entry['budget_s']:.0f} s" if "elapsed_s" in entry else ""
@@ -1700,6 +1737,27 @@ def _md_memory(result: dict[str, Any]) -> list[str]:
         ],
     )
     return lines
+
+
+def _md_training(result: dict[str, Any]) -> list[str]:
+    lines = [
+        "Renderer + adaptive smoothing + PatchGAN steps on random inputs of each preset's shape "
+        "(`benchmarks/train_speed.py`); on CUDA bfloat16 autocast and channels-last.",
+        "",
+    ]
+    return lines + _table(
+        ["preset", "batch", "step ms p50", "p95", "p99", "train frames/s"],
+        "lrrrrr",
+        [
+            [
+                r["preset"],
+                r["batch"],
+                *(f"{r['step_ms'][q]:.0f}" for q in ("p50", "p95", "p99")),
+                f"{r['train_frames_per_s_p50']:.0f}",
+            ]
+            for r in result["rows"]
+        ],
+    )
 
 
 # ---------------------------------------------------------------------------------- environment helpers

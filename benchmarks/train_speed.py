@@ -2,7 +2,9 @@
 
 For each preset, times full renderer training steps (renderer + adaptive smoothing forward and
 backward, MS-SSIM perceptual term, PatchGAN discriminator step) on random inputs of the preset's
-shape, and reports step time p50/p95/p99 and training frames per second; counts the FLOPs of one
+shape, as ``stableface train`` runs them on the device (on CUDA: bfloat16 autocast, channels-last
+weights, the GPU batch of :data:`offline_training.train.settings.GPU_BATCH`; on a CPU batch 2), and
+reports step time p50/p95/p99 and training frames per second; counts the FLOPs of one
 rendered frame (renderer forward over a window of T frames, divided by T) and of the
 audio-to-expression model with ``torch.utils.flop_counter`` on the meta device (no compute).
 Writes ``results/train_speed-<date>.json`` and ``.md``.
@@ -13,6 +15,7 @@ Writes ``results/train_speed-<date>.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -31,8 +34,7 @@ from offline_training.train.losses import (
     masked_l1,
     ms_ssim,
 )
-
-BATCH = 2
+from offline_training.train.settings import resolved_batch_size
 
 
 def flops_per_frame(preset: str) -> dict[str, float]:
@@ -69,28 +71,37 @@ def _paper_params() -> int:
         return sum(p.numel() for p in Renderer(PRESETS["paper"].renderer).parameters())
 
 
-def time_training(preset: str, steps: int, device: torch.device) -> dict[str, Any]:
+def time_training(preset: str, steps: int, device: torch.device, batch: int | None = None) -> dict[str, Any]:
+    """Step times of renderer training at the batch ``train`` would use on ``device``."""
     config = PRESETS[preset]
+    batch = resolved_batch_size(batch, preset, device.type)
     frames, size = config.sequence_length, config.renderer.image_size
     torch.manual_seed(0)
     renderer = Renderer(config.renderer).to(device)
     smoothing = AdaptiveSmoothing(config.smoothing, config.audio.mouth_dims, config.audio.lookahead_frames)
     smoothing = smoothing.to(device)
     discriminator = PatchDiscriminator(32, 3).to(device)
+    if device.type == "cuda":
+        renderer.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        discriminator.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    )
     g_opt = torch.optim.Adam([*renderer.parameters(), *smoothing.parameters()], lr=1e-4)
     d_opt = torch.optim.Adam(discriminator.parameters(), lr=1e-4)
-    eroded = torch.rand(BATCH, frames, 3, size, size, device=device) * 2 - 1
-    shapes = torch.rand(BATCH, frames, 4, size, size, device=device)
-    audio = torch.randn(BATCH, frames, config.renderer.audio_dim, device=device)
-    params = torch.randn(BATCH, frames, config.audio.mouth_dims, device=device)
-    target = torch.rand(BATCH, frames, 3, size, size, device=device) * 2 - 1
-    weights = torch.ones(BATCH, frames, 1, size, size, device=device)
+    eroded = torch.rand(batch, frames, 3, size, size, device=device) * 2 - 1
+    shapes = torch.rand(batch, frames, 4, size, size, device=device)
+    audio = torch.randn(batch, frames, config.renderer.audio_dim, device=device)
+    params = torch.randn(batch, frames, config.audio.mouth_dims, device=device)
+    target = torch.rand(batch, frames, 3, size, size, device=device) * 2 - 1
+    weights = torch.ones(batch, frames, 1, size, size, device=device)
     times = []
     for step in range(steps + 1):
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        prediction = renderer(eroded, smoothing(shapes, params), audio)
+        with autocast:
+            prediction = renderer(eroded, smoothing(shapes, params), audio).float()
         flat, flat_target = prediction.flatten(0, 1), target.flatten(0, 1)
         loss = 20 * (
             masked_l1(prediction, target, weights) + 1 - ms_ssim((flat + 1) / 2, (flat_target + 1) / 2)
@@ -109,11 +120,11 @@ def time_training(preset: str, steps: int, device: torch.device) -> dict[str, An
             times.append(time.perf_counter() - start)
     step_ms = common.percentiles([1000 * t for t in times])
     return {
-        "batch": BATCH,
-        "frames_per_step": BATCH * frames,
+        "batch": batch,
+        "frames_per_step": batch * frames,
         "steps_timed": len(times),
         "step_ms": step_ms,
-        "train_frames_per_s_p50": BATCH * frames / (step_ms["p50"] / 1000),
+        "train_frames_per_s_p50": batch * frames / (step_ms["p50"] / 1000),
     }
 
 
@@ -153,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         "--time-presets", nargs="+", help="presets to time (default: all given; FLOPs for all)"
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, help="sequences per step (default: as train on the device)")
     parser.add_argument("--quick", action="store_true", help="FLOPs of every preset, 2 timed tiny steps")
     common.add_output_arguments(parser)
     args = parser.parse_args(argv)
@@ -163,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     for preset in args.presets:
         row: dict[str, Any] = {"flops": flops_per_frame(preset)}
         if preset in timed:
-            row["training"] = time_training(preset, steps, device)
+            row["training"] = time_training(preset, steps, device, args.batch)
         presets[preset] = row
         print(f"{preset}: {row}", flush=True)
     common.report("train_speed", args, markdown, device=str(device), presets=presets)

@@ -25,6 +25,7 @@ SECTIONS = {
     "e": "stages",
     "f": "loopback",
     "g": "memory",
+    "h": "training",
 }
 
 
@@ -121,6 +122,8 @@ def test_dry_run_measures_what_each_section_is_for(
         assert loopback["lips"].startswith("not measured: ")
     memory = sections["g"]["result"]
     assert memory["session_state_mb_computed"] > 0 and [row["sessions"] for row in memory["rows"]] == [1, 2]
+    [training] = sections["h"]["result"]["rows"]
+    assert training["preset"] == "tiny" and training["batch"] == 2 and training["train_frames_per_s_p50"] > 0
 
 
 @pytest.mark.realtime  # live sessions and a real WebRTC call, paced by the clock

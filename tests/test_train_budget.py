@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import torch
 
 from engines.bundle import AvatarBundle
 from engines.errors import InputError
@@ -197,3 +199,31 @@ def test_a_missing_tracker_model_is_refused_before_training(synthetic_dataset: P
     with pytest.raises(InputError, match="no such file"):
         Trainer(settings)
     assert not (tmp_path / "a").exists()
+
+
+def test_voice_variants_retime_the_targets_and_never_touch_the_tail(synthetic_dataset: Path) -> None:
+    from offline_training.dataset import AvatarDataset
+    from offline_training.train.data import AudioWindows
+    from offline_training.train.voice_augmentation import MixedAudioWindows, make_variants
+
+    dataset = AvatarDataset.open(synthetic_dataset)
+    split = dataset.split(0.2)
+    variants = make_variants(dataset, split.train, window=20, seed=0, count=4)
+    again = make_variants(dataset, split.train, window=20, seed=0, count=4)
+    assert len(variants) == 4
+    own = AudioWindows(dataset, split.train, 20)
+    params = dataset.mouth_params / np.maximum(dataset.face_model.mouth_std, 1e-6)
+    train_params = params[split.train]
+    for variant, same in zip(variants, again, strict=True):
+        np.testing.assert_array_equal(variant.audio, same.audio)
+        assert variant.audio.shape == (len(variant.params), own._audio.shape[1])
+        assert np.isfinite(variant.audio).all()
+        assert abs(float(variant.audio.mean())) < 0.1  # normalised over the variant
+        known = variant.params[~np.isnan(variant.params).any(axis=1)]
+        # every target is some training frame's parameters: re-timed, never from the tail
+        distances = np.abs(known[:, None, :] - train_params[None]).max(axis=2).min(axis=1)
+        assert distances.max() < 1e-6
+    mixed = MixedAudioWindows(own, variants)
+    audio, targets = mixed.batch(8, np.random.default_rng(0))
+    assert audio.shape == (8, 20, own._audio.shape[1]) and targets.shape == (8, 20, params.shape[1])
+    assert torch.isfinite(targets).all()

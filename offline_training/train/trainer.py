@@ -60,6 +60,7 @@ from offline_training.train.losses import (
 )
 from offline_training.train.metrics import mouth_landmark_distance
 from offline_training.train.settings import Stage, TrainSettings, resolved_batch_size
+from offline_training.train.voice_augmentation import MixedAudioWindows, make_variants
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +151,10 @@ class Trainer:
         self.train_samples = RendererSamples(self.dataset, split.train, length, size, augment, erosion)
         self.val_samples = RendererSamples(self.dataset, split.validation, length, size, augment=False)
         window = min(settings.audio_window_frames, max(4, len(split.validation) // 2))
-        self.train_audio = AudioWindows(self.dataset, split.train, window)
+        self.train_audio: AudioWindows | MixedAudioWindows = AudioWindows(self.dataset, split.train, window)
+        if settings.voice_augmentation and "a2e" in self._stages():
+            variants = make_variants(self.dataset, split.train, window, settings.seed)
+            self.train_audio = MixedAudioWindows(self.train_audio, variants)
         self.val_audio = AudioWindows(self.dataset, split.validation, window)
         std = torch.from_numpy(np.maximum(self.dataset.face_model.mouth_std, 1e-6))
         self.expression_weights = (std / std.mean()).to(self.device)
@@ -451,14 +455,14 @@ class Trainer:
             for group in self.optimizers[name].param_groups:
                 group["lr"] = base[name] * factor
 
-    def _budget_step_plan(self, window: StageWindow, timer: StepTimer) -> tuple[bool, float]:
-        """(whether another step fits the stage's time, the learning-rate factor), decided by the
-        main process: a step is started only if it ends before the stage's planned end and
-        before the final phase's reserve."""
+    def _budget_step_plan(self, window: StageWindow, timer: StepTimer, stalled: bool) -> tuple[bool, float]:
+        """(whether to take another step, the learning-rate factor), decided by the main process:
+        a step is started only if the stage has not stalled and the step ends before the stage's
+        planned end and before the final phase's reserve."""
         assert self.budget is not None
         elapsed = self.budget.elapsed()
         hard_end = self.budget.total_s - self.costs.reserve_s(self.settings.stability_report)
-        fits = elapsed + timer.mean_s <= min(window.end_s, hard_end)
+        fits = not stalled and elapsed + timer.mean_s <= min(window.end_s, hard_end)
         go, factor = self.context.from_main([float(fits), lr_factor(window.fraction(elapsed))])
         return go > 0.5, factor
 
@@ -504,8 +508,7 @@ class Trainer:
         with bar:
             while True:
                 if window is not None:
-                    go, factor = self._budget_step_plan(window, timer)
-                    go = go and not stop_on_plateau
+                    go, factor = self._budget_step_plan(window, timer, stop_on_plateau)
                     if not go:
                         break
                     self._set_learning_rates(stage, factor)
@@ -688,7 +691,8 @@ class _FinalPhaseCosts:
     no_tracker: bool = False
 
     def reserve_s(self, stability_report: bool) -> float:
-        estimate = self.validation_s + self.frames * EXPORT_S_PER_FRAME
+        # The last stage's closing validation and the final one, then the export.
+        estimate = 2 * self.validation_s + self.frames * EXPORT_S_PER_FRAME
         if stability_report:
             estimate += 1.0 + self.tail_frames * (self.render_s_per_frame + 2 * self.track_s_per_frame)
         return max(MIN_RESERVE_S, RESERVE_MARGIN * estimate)
