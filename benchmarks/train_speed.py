@@ -7,9 +7,15 @@ weights, the GPU batch of :data:`offline_training.train.settings.GPU_BATCH`; on 
 reports step time p50/p95/p99 and training frames per second; counts the FLOPs of one
 rendered frame (renderer forward over a window of T frames, divided by T) and of the
 audio-to-expression model with ``torch.utils.flop_counter`` on the meta device (no compute).
+With ``--dataset DS --budget 15m`` it also trains each timed preset on that dataset with
+``stableface train --budget`` and reports time-to-quality: when the validation SSIM first
+reached 0.90, 0.92 and 0.94, and the run's final SSIM, mouth-landmark distance and held-out-tail
+MSI ratios. ``--from-run AVATAR`` reads the same from a finished training run instead.
 Writes ``results/train_speed-<date>.json`` and ``.md``.
 
     python benchmarks/train_speed.py [--presets tiny small paper] [--steps 5] [--device cpu] [--quick]
+    python benchmarks/train_speed.py --presets paper --dataset DS --budget 15m --device cuda
+    python benchmarks/train_speed.py --from-run AVATAR
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from offline_training.train.losses import (
     ms_ssim,
 )
 from offline_training.train.settings import resolved_batch_size
+from stableface.argtypes import duration
 
 
 def flops_per_frame(preset: str) -> dict[str, float]:
@@ -128,6 +135,63 @@ def time_training(preset: str, steps: int, device: torch.device, batch: int | No
     }
 
 
+SSIM_MARKS = (0.90, 0.92, 0.94)
+
+
+def quality_of_run(avatar: Path) -> dict[str, Any]:
+    """Time-to-quality of a finished ``train`` run: seconds until the validation SSIM first reached
+    each of ``SSIM_MARKS`` (None: never), and the run's final report.
+
+    Times are the run's own ``elapsed_s`` (budgeted runs); for older runs, TensorBoard's wall
+    times from the first logged value (a second or so after the start).
+    """
+    import json
+
+    training = avatar / "training"
+    lines = [json.loads(line) for line in (training / "metrics.jsonl").read_text().splitlines()]
+    ssim = [(line.get("elapsed_s"), line["val/ssim"]) for line in lines if "val/ssim" in line]
+    if ssim and ssim[0][0] is None:
+        ssim = list(
+            zip(_tensorboard_seconds(training / "logs", "val/ssim"), [v for _, v in ssim], strict=False)
+        )
+    report = json.loads((training / "report.json").read_text())
+    reached = {
+        f"{mark:.2f}": next((float(t) for t, value in ssim if value >= mark and t is not None), None)
+        for mark in SSIM_MARKS
+    }
+    return {
+        "avatar": str(avatar),
+        "seconds_to_ssim": reached,
+        "elapsed_s": report.get("elapsed_s"),
+        "budget_s": report.get("budget_s"),
+        "steps": report["steps"],
+        "final": report["validation"],
+    }
+
+
+def _tensorboard_seconds(logs: Path, tag: str) -> list[float]:
+    """Seconds since the first logged scalar of each ``tag`` value, from TensorBoard's event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(logs), size_guidance={"scalars": 0})
+    events.Reload()
+    first = min(events.Scalars(name)[0].wall_time for name in events.Tags()["scalars"])
+    return [event.wall_time - first for event in events.Scalars(tag)]
+
+
+def train_for_quality(preset: str, dataset: Path, budget_s: float, device: str, out: Path) -> dict[str, Any]:
+    """Train ``preset`` on ``dataset`` for ``budget_s`` with ``train --budget``; its time-to-quality."""
+    from offline_training.train.settings import TrainSettings
+    from offline_training.train.trainer import Trainer
+
+    avatar = out / f"{preset}-avatar"
+    settings = TrainSettings(
+        dataset=dataset, out=avatar, preset=preset, budget_s=budget_s, device=device, overwrite=True
+    )
+    Trainer(settings).run()
+    return quality_of_run(avatar)
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# training speed — {result['date']}",
@@ -141,6 +205,8 @@ def markdown(result: dict[str, Any]) -> str:
     columns += ["p95", "p99", "train frames/s"]
     cells = []
     for preset, row in result["presets"].items():
+        if "flops" not in row:  # a finished run read with --from-run
+            continue
         flops, timing = row["flops"], row.get("training")
         timed = [f"{timing['step_ms'][q]:.0f}" for q in ("p50", "p95", "p99")] if timing else ["—"] * 3
         cells.append(
@@ -153,7 +219,29 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{timing['train_frames_per_s_p50']:.1f}" if timing else "—",
             ]
         )
-    return "\n".join(lines + common.markdown_table(columns, "lrrrrrrr", cells)) + "\n"
+    if cells:
+        lines += common.markdown_table(columns, "lrrrrrrr", cells)
+    runs = {name: row["quality"] for name, row in result["presets"].items() if "quality" in row}
+    if runs:
+        lines += ["", "## Time to quality", ""]
+        quality_columns = ["run", *(f"s to SSIM {mark:.2f}" for mark in SSIM_MARKS), "final SSIM"]
+        quality_columns += ["mouth distance", "MSI lip ratio", "MSI jaw ratio", "elapsed s"]
+        rows = []
+        for name, run in runs.items():
+            final = run["final"]
+            rows.append(
+                [
+                    name,
+                    *("—" if t is None else f"{t:.0f}" for t in run["seconds_to_ssim"].values()),
+                    f"{final.get('val/ssim', float('nan')):.4f}",
+                    f"{final.get('val/mouth_landmark_distance', float('nan')):.4f}",
+                    f"{final.get('tail/mediapipe/msi_lip_ratio', float('nan')):.2f}",
+                    f"{final.get('tail/mediapipe/msi_jaw_ratio', float('nan')):.2f}",
+                    "—" if run["elapsed_s"] is None else f"{run['elapsed_s']:.0f}",
+                ]
+            )
+        lines += common.markdown_table(quality_columns, "lrrrrrrrr", rows)
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,16 +254,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, help="sequences per step (default: as train on the device)")
     parser.add_argument("--quick", action="store_true", help="FLOPs of every preset, 2 timed tiny steps")
+    parser.add_argument(
+        "--dataset", type=Path, help="train each timed preset on it for --budget (time to quality)"
+    )
+    parser.add_argument(
+        "--budget", type=duration, default=900.0, help="training budget per preset (default 15m)"
+    )
+    parser.add_argument("--work", type=Path, default=Path("/tmp/train_speed"), help="where the avatars go")
+    parser.add_argument("--from-run", type=Path, nargs="+", help="finished training runs to read instead")
     common.add_output_arguments(parser)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     timed = ["tiny"] if args.quick else (args.time_presets or args.presets)
     steps = 2 if args.quick else args.steps
     presets: dict[str, Any] = {}
+    if args.from_run:
+        for avatar in args.from_run:
+            presets[avatar.name] = {"quality": quality_of_run(avatar)}
+        common.report("train_speed", args, markdown, device=str(device), presets=presets)
+        return 0
     for preset in args.presets:
         row: dict[str, Any] = {"flops": flops_per_frame(preset)}
         if preset in timed:
             row["training"] = time_training(preset, steps, device, args.batch)
+            if args.dataset is not None:
+                row["quality"] = train_for_quality(preset, args.dataset, args.budget, str(device), args.work)
         presets[preset] = row
         print(f"{preset}: {row}", flush=True)
     common.report("train_speed", args, markdown, device=str(device), presets=presets)

@@ -346,8 +346,11 @@ class Trainer:
             global_step = sum(self.stage_steps.get(s, 0) for s in self.completed) + step
             for key, value in values.items():
                 self.writer.add_scalar(key, value, global_step)
+        line: dict[str, Any] = {"stage": stage, "step": step, **values}
+        if self.budget is not None:
+            line["elapsed_s"] = round(self.budget.elapsed(), 2)
         with (self.training_dir / "metrics.jsonl").open("a") as handle:
-            handle.write(json.dumps({"stage": stage, "step": step, **values}) + "\n")
+            handle.write(json.dumps(line) + "\n")
 
     def _checkpoint(self, stage: Stage, step: int) -> None:
         if not self.context.is_main:
