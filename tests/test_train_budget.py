@@ -186,7 +186,7 @@ def test_a_short_budget_stops_in_time_and_reports_the_tail_stability(
     for key in ("val/ssim", "val/mouth_landmark_distance", "tail/mediapipe/msi_lip_ratio"):
         assert math.isfinite(validation[key]), key
     bundle = AvatarBundle.load(out)
-    assert bundle.manifest.training["steps_renderer"] > 0
+    assert int(bundle.manifest.training["steps_renderer"]) > 0
 
 
 def test_a_missing_tracker_model_is_refused_before_training(synthetic_dataset: Path, tmp_path: Path) -> None:
