@@ -114,7 +114,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         stability_report=not args.no_stability_report,
         tracker_model=args.tracker_model,
         compile=args.compile,
-        voice_augmentation=args.voice_augmentation,
+        voice_augmentation=not args.no_voice_augmentation,
     )
     if settings.device.startswith("cuda"):
         import torch
@@ -403,10 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the final MSI of the rendered held-out tail beside the real one",
     )
     train.add_argument(
-        "--voice-augmentation",
+        "--no-voice-augmentation",
         action="store_true",
-        help="train audio-to-expression on changed copies of the speaker's voice too (speed, room, "
-        "channel, phone codec, noise), so the mouth follows other voices",
+        help="train audio-to-expression on the speaker's own recording only (by default also on changed "
+        "copies of it: speed, room, channel, phone codec, noise, babble, so the mouth follows other voices)",
     )
     train.add_argument(
         "--compile", action="store_true", help="torch.compile the networks (pays on a GPU for long runs)"

@@ -56,6 +56,7 @@ def _train_tiny(dataset: Path, out: Path, steps: int) -> Path:
         val_every=1000,
         checkpoint_every=1000,
         stability_report=False,
+        voice_augmentation=False,
     )
     Trainer(settings).run()
     return out

@@ -182,7 +182,9 @@ def test_a_short_budget_stops_in_time_and_reports_the_tail_stability(
     assert 45 * 0.9 <= wall <= 45 * 1.1, (wall, result.stderr[-2000:])
     assert "run ends in" in result.stderr
     assert "MSI lip (mediapipe" in result.stderr and "MSI jaw (mediapipe" in result.stderr
-    validation = json.loads((out / "training" / "report.json").read_text())["validation"]
+    report = json.loads((out / "training" / "report.json").read_text())
+    assert report["voice_augmentation"] is True  # the default
+    validation = report["validation"]
     for key in ("val/ssim", "val/mouth_landmark_distance", "tail/mediapipe/msi_lip_ratio"):
         assert math.isfinite(validation[key]), key
     bundle = AvatarBundle.load(out)

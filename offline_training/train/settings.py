@@ -52,7 +52,7 @@ class TrainSettings(BaseModel):
     show_progress: bool = True
     reference_frames: int | None = Field(None, ge=1)
     stability_report: bool = True
-    voice_augmentation: bool = False
+    voice_augmentation: bool = True
     tracker_model: Path | None = None
     compile: bool = False
 

@@ -665,7 +665,11 @@ class Trainer:
                 )
                 final.update(self._stability())
                 self._log(final, self.completed[-1], self.stage_steps[self.completed[-1]])
-                report: dict[str, Any] = {"validation": final, "steps": self.stage_steps}
+                report: dict[str, Any] = {
+                    "validation": final,
+                    "steps": self.stage_steps,
+                    "voice_augmentation": isinstance(self.train_audio, MixedAudioWindows),
+                }
                 if self.budget is not None:
                     report["budget_s"] = self.budget.total_s
                     report["elapsed_s"] = self.budget.elapsed()
