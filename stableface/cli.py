@@ -66,6 +66,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         mouth_dims=args.mouth_dims,
         upper_dims=args.upper_dims,
+        pose_steadying=args.pose_steadying,
         show_progress=not args.quiet,
     )
     report = prepare_dataset(settings)
@@ -307,6 +308,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=default_of(PrepareSettings, "upper_dims"),
         help="upper-face parameters (default %(default)s)",
+    )
+    prepare.add_argument(
+        "--pose-steadying",
+        type=float,
+        default=default_of(PrepareSettings, "pose_steadying"),
+        metavar="FRAMES",
+        help="sigma in frames of the filter that takes the tracker's noise out of the head pose, 0 for none "
+        "(default %(default)s)",
     )
     prepare.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     prepare.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

@@ -9,11 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engines.geometry.face_model import fit_face_model
 from engines.media.encode import write_mp4, write_wav
 from offline_training.dataset import AvatarDataset
 from offline_training.dataset.builder import prepare_dataset
 from offline_training.dataset.settings import PrepareSettings
 from offline_training.synthetic import generate_talking_face, write_talking_face
+from offline_training.synthetic.face_animation import head_motion_track
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -99,6 +101,25 @@ def test_mouth_parameters_follow_the_mouth(dataset: AvatarDataset, clip) -> None
     coef, *_ = np.linalg.lstsq(design, opening, rcond=None)
     assert np.corrcoef(design @ coef, opening)[0, 1] >= 0.9
     assert np.corrcoef(opening, clip.drawn_opening)[0, 1] > 0.8
+
+
+def test_the_stored_head_pose_follows_the_head_better_than_the_per_frame_fit(dataset: AvatarDataset) -> None:
+    """The clip's head moves by a known smooth track; the tracker adds noise that the steadied pose drops."""
+    assert dataset.manifest.pose_steadying_frames == 1.0
+    per_frame = fit_face_model(dataset.landmarks, dataset.manifest.tracker.layout)
+    np.testing.assert_array_equal(per_frame.mouth_params, dataset.mouth_params)
+    motion = head_motion_track(seed=7, frames=len(dataset), fps=25.0)
+    design = np.array([[m.dx, m.dy, m.angle_deg, 1.0] for m in motion])
+
+    def unexplained(translation: np.ndarray) -> np.ndarray:
+        coef, *_ = np.linalg.lstsq(design, translation, rcond=None)
+        return np.asarray((translation - design @ coef).std(0))
+
+    assert np.all(
+        unexplained(dataset.pose.translation[:, :2]) < 0.8 * unexplained(per_frame.pose.translation[:, :2])
+    )
+    jitter = np.diff(dataset.pose.translation[:, :2], 2, axis=0).std()
+    assert jitter < 0.4 * np.diff(per_frame.pose.translation[:, :2], 2, axis=0).std()
 
 
 def test_split_holds_out_the_tail_and_sequences_stay_inside(dataset: AvatarDataset) -> None:
@@ -212,5 +233,7 @@ def test_existing_out_is_refused_unless_overwrite(tmp_path: Path, talking_video:
 def test_bad_option_values_are_one_line_errors(tmp_path: Path, talking_video: Path) -> None:
     result = run_cli("prepare", talking_video, "--out", tmp_path / "ds", "--size", "4096")
     assert_one_line_error(result, "invalid --size")
+    result = run_cli("prepare", talking_video, "--out", tmp_path / "ds", "--pose-steadying", "-1")
+    assert_one_line_error(result, "--pose-steadying")
     result = run_cli("prepare", talking_video, "--out", tmp_path / "ds", "--tracker", "onnx68")
     assert_one_line_error(result, "onnx68")

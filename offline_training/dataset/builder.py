@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -47,6 +47,7 @@ from offline_training.dataset.manifest import (
     TrimInfo,
 )
 from offline_training.dataset.settings import PrepareSettings
+from offline_training.dataset.steady_pose import steady_poses
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ def prepare_dataset(settings: PrepareSettings) -> PrepareReport:
             settings.upper_dims,
             planar=not layout.has_depth,
         )
+        fit = replace(fit, pose=steady_poses(fit.pose, kept, settings.pose_steadying))
         box = crop_box_from_landmarks(landmarks[kept], frame_size[0], frame_size[1], settings.crop_margin)
 
     with watch.stage("audio_features"):
@@ -162,6 +164,7 @@ def prepare_dataset(settings: PrepareSettings) -> PrepareReport:
             explained_variance=fit.model.explained_variance,
             planar=fit.model.planar,
         ),
+        pose_steadying_frames=settings.pose_steadying,
         audio_features=AudioFeatureInfo(
             kind="log-mel",
             n_mels=feature_cfg.n_mels,

@@ -69,7 +69,11 @@ class AudioFeatureInfo(_Strict):
 
 
 class DatasetManifest(_Strict):
-    """Everything a reader needs to know about a dataset folder, validated on load."""
+    """Everything a reader needs to know about a dataset folder, validated on load.
+
+    ``pose_steadying_frames``: sigma (frames) of the filter over the stored head pose, 0 for none
+    (datasets written before the filter existed read as 0).
+    """
 
     schema_version: int
     created_with: str
@@ -86,3 +90,4 @@ class DatasetManifest(_Strict):
     tracker: TrackerInfo
     face_model: FaceModelInfo
     audio_features: AudioFeatureInfo
+    pose_steadying_frames: float = 0.0
