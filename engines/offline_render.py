@@ -50,11 +50,15 @@ def plan_render(
     audio: npt.NDArray[np.float32],
     fps: float = FPS,
     reference_index: npt.NDArray[np.int64] | None = None,
+    mouth_params: npt.NDArray[np.float32] | None = None,
 ) -> RenderPlan:
     """Predict the mouth for every video frame of ``audio`` (16 kHz mono, (S,) float32).
 
     ``reference_index`` (T,) names the reference frame under each output frame (default: the
     reference video played ping-pong); evaluation uses it to re-render a stretch of the reference.
+    ``mouth_params`` (T, Em), in face-model units, replace the audio model's prediction
+    (evaluation drives the renderer with the tracked mouth to tell the renderer's part from the
+    audio model's); the audio still feeds the renderer's audio fusion.
     """
     frames = max(1, int(np.ceil(len(audio) * fps / bundle.manifest.sample_rate_hz)))
     if reference_index is None:
@@ -71,7 +75,12 @@ def plan_render(
         .cpu()
         .numpy()
     )
-    params = normalised * np.maximum(bundle.face_model.mouth_std, 1e-6)[None]
+    std = np.maximum(bundle.face_model.mouth_std, 1e-6)[None]
+    params = normalised * std
+    if mouth_params is not None:
+        if mouth_params.shape != params.shape:
+            raise ValueError(f"mouth_params have shape {mouth_params.shape}; the audio needs {params.shape}")
+        params, normalised = mouth_params, mouth_params / std
     return RenderPlan(
         reference_index=np.asarray(reference_index, dtype=np.int64),
         mouth_params=params.astype(np.float32),
@@ -120,6 +129,7 @@ def render_frames(
     progress: Callable[[int], None] | None = None,
     reference_index: npt.NDArray[np.int64] | None = None,
     ai_mark: bool = False,
+    mouth_params: npt.NDArray[np.float32] | None = None,
 ) -> Iterator[ImageRGB]:
     """Render ``audio`` with the avatar, frame by frame, in order.
 
@@ -130,11 +140,12 @@ def render_frames(
         progress: called with the number of frames finished after each window.
         reference_index: (T,) reference frame under each output frame (default ping-pong).
         ai_mark: draw the "AI-generated" mark on every frame.
+        mouth_params: (T, Em) mouth to draw instead of the audio model's (see :func:`plan_render`).
 
     Yields:
         (H, W, 3) uint8 RGB frames at the avatar's fps.
     """
-    plan = plan_render(bundle, audio, bundle.manifest.fps, reference_index)
+    plan = plan_render(bundle, audio, bundle.manifest.fps, reference_index, mouth_params)
     frames = len(plan.reference_index)
     nets = bundle.networks
     device = next(nets.renderer.parameters()).device

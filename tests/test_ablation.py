@@ -88,3 +88,29 @@ def test_ablate_rejects_bad_input_in_one_line(tmp_path: Path, capsys: pytest.Cap
     assert main(["ablate", str(tmp_path), "--out", str(tmp_path / "o"), "--variants", "nonsense"]) == 1
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 2 and "no such dataset" in errors[0] and "unknown variant" in errors[1]
+
+
+def test_the_tail_can_be_drawn_with_its_tracked_mouth(tiny_avatar: Path, synthetic_dataset: Path) -> None:
+    from engines.bundle import AvatarBundle
+    from engines.offline_render import plan_render
+    from offline_training.dataset import AvatarDataset
+    from offline_training.evaluation.ablation import render_tail, tail_audio
+
+    dataset = AvatarDataset.open(synthetic_dataset)
+    bundle = AvatarBundle.load(tiny_avatar)
+    indices = tail_indices(dataset)
+    tracked = dataset.mouth_params[indices]
+    plan = plan_render(bundle, tail_audio(dataset, indices), reference_index=indices, mouth_params=tracked)
+    np.testing.assert_array_equal(plan.mouth_params, tracked)
+    np.testing.assert_allclose(
+        plan.normalised_params * bundle.face_model.mouth_std, tracked, rtol=1e-5, atol=1e-6
+    )
+    with pytest.raises(ValueError, match="mouth_params"):
+        plan_render(bundle, tail_audio(dataset, indices), reference_index=indices, mouth_params=tracked[1:])
+
+    by_audio = render_tail(bundle, dataset, mouth="audio")
+    by_tracking = render_tail(bundle, dataset, mouth="tracked")
+    assert by_audio.frames.shape == by_tracking.frames.shape
+    assert not np.array_equal(by_audio.frames, by_tracking.frames)
+    with pytest.raises(ValueError, match="mouth"):
+        render_tail(bundle, dataset, mouth="typed")

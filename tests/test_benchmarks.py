@@ -253,3 +253,19 @@ def test_an_unmatched_onset_counts_at_the_end_of_its_window() -> None:
 
     # sound at 2.0 s, lips expected 0.15 s later: unmatched, it counts as late as a match could be
     assert _unmatched_lateness_ms(2.0, 2.15) == pytest.approx(1000 * (0.15 + MATCH_HALF_WIDTH_S))
+
+
+def test_pose_steadying_quick_reads_the_tail_for_each_sigma(
+    tmp_path: Path, tiny_avatar: Path, synthetic_dataset: Path
+) -> None:
+    module = _load("pose_steadying")
+    args = [str(tiny_avatar), "--dataset", str(synthetic_dataset), "--quick", "--results", str(tmp_path)]
+    assert module.main(args) == 0
+    [result_file] = tmp_path.glob("pose_steadying-*-quick.json")
+    result = json.loads(result_file.read_text())
+    assert [(row["mouth"], row["sigma"]) for row in result["rows"]] == [("audio", 0.0), ("audio", 0.5)]
+    for row in result["rows"]:
+        assert 0.3 < row["ssim"] <= 1.0
+        for part in ("lip", "jaw"):
+            assert np.isfinite(row["mediapipe"][part]["ratio"]) and row["mediapipe"][part]["ratio"] > 0
+    assert "| audio | 0.5 |" in result_file.with_suffix(".md").read_text()

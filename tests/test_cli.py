@@ -171,3 +171,16 @@ def test_render_takes_the_bundled_default_avatar_by_name(tmp_path: Path) -> None
     info = probe_media(out)
     assert info.has_video and info.has_audio and abs(info.video_duration_s - 1.2) < 0.1
     assert avatar_folder("some/folder") == Path("some/folder")  # anything else is a folder, as before
+
+
+def test_a_new_users_defaults_steady_the_pose_and_augment_the_voice() -> None:
+    from offline_training.dataset.settings import PrepareSettings
+    from offline_training.train.settings import TrainSettings
+    from stableface.cli import build_parser
+
+    parser = build_parser()
+    prepare = parser.parse_args(["prepare", "talk.mp4", "--out", "ds"])
+    assert prepare.pose_steadying == PrepareSettings.model_fields["pose_steadying"].default == 0.5
+    train = parser.parse_args(["train", "ds", "--out", "avatar"])
+    assert train.no_voice_augmentation is False
+    assert TrainSettings.model_fields["voice_augmentation"].default is True

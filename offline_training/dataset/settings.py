@@ -26,7 +26,7 @@ class PrepareSettings(BaseModel):
     mouth_dims: int = Field(32, ge=1, le=256)
     upper_dims: int = Field(16, ge=1, le=256)
     crop_margin: float = Field(0.4, ge=0.0, le=2.0)
-    pose_steadying: float = Field(1.0, ge=0.0, le=5.0)
+    pose_steadying: float = Field(0.5, ge=0.0, le=5.0)
     min_face_fraction: float = Field(0.9, gt=0.0, le=1.0)
     max_av_mismatch_s: float = Field(0.25, ge=0.0)
     min_duration_s: float = Field(2.0, gt=0.0)

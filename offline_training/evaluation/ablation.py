@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +27,9 @@ from engines.errors import InputError
 from engines.files import atomic_output
 from offline_training.dataset import AvatarDataset
 from offline_training.train.settings import TrainSettings
+
+if TYPE_CHECKING:
+    from engines.bundle import AvatarBundle
 
 logger = logging.getLogger(__name__)
 
@@ -166,23 +170,34 @@ def train_variant(dataset_path: Path, out: Path, variant: Variant, plan: Trainin
     return out
 
 
-def render_tail(bundle_path: Path, dataset: AvatarDataset, device: str = "cpu") -> TailRender:
+def render_tail(
+    bundle: Path | AvatarBundle, dataset: AvatarDataset, device: str = "cpu", mouth: str = "audio"
+) -> TailRender:
     """Render the held-out tail with a trained bundle (offline path, centred smoothing, no paste).
 
-    The bundle must keep every dataset frame as its reference video (the default of ``train``).
+    The bundle (a folder, or one already loaded) must keep every dataset frame as its reference
+    video (the default of ``train``). ``mouth``: ``audio`` draws the audio model's mouth (what a
+    user gets); ``tracked`` draws the mouth tracked in the tail itself, which leaves the audio
+    model out of the measurement.
     """
     from engines.bundle import AvatarBundle
     from engines.offline_render import render_frames
 
-    bundle = AvatarBundle.load(bundle_path, device=device)
+    if mouth not in ("audio", "tracked"):
+        raise ValueError(f"mouth must be 'audio' or 'tracked', got {mouth!r}")
+    if not isinstance(bundle, AvatarBundle):
+        bundle = AvatarBundle.load(bundle, device=device)
     if bundle.manifest.reference_frames < len(dataset):
         raise InputError(
-            f"{bundle_path}: keeps {bundle.manifest.reference_frames} of the dataset's {len(dataset)} frames "
+            f"{bundle.root}: keeps {bundle.manifest.reference_frames} of the dataset's {len(dataset)} frames "
             "as reference; ablation needs them all (train without --reference-frames)"
         )
     indices = tail_indices(dataset)
     audio = tail_audio(dataset, indices)
-    frames = np.stack(list(render_frames(bundle, audio, paste=False, reference_index=indices)))
+    tracked = dataset.mouth_params[indices] if mouth == "tracked" else None
+    frames = np.stack(
+        list(render_frames(bundle, audio, paste=False, reference_index=indices, mouth_params=tracked))
+    )
     return TailRender(frames=frames, fps=bundle.manifest.fps, first_frame=int(indices[0]))
 
 

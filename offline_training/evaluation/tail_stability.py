@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from engines.geometry.trackers import LandmarkTracker
 from offline_training.dataset import AvatarDataset
-from offline_training.evaluation.ablation import render_tail, tail_indices, truth_frames
+from offline_training.evaluation.ablation import TailRender, render_tail, tail_indices, truth_frames
 from offline_training.evaluation.msi import track_normalised
 
 TOLERANCE = 0.10
@@ -89,7 +89,17 @@ def tail_stability(
         InputError: the tail is too short, the bundle lacks reference frames, or a tracker finds no
             face in either video.
     """
-    render = render_tail(bundle_path, dataset, device)
+    return compare_tail(render_tail(bundle_path, dataset, device), dataset, trackers)
+
+
+def compare_tail(
+    render: TailRender, dataset: AvatarDataset, trackers: list[LandmarkTracker]
+) -> list[TailStability]:
+    """MSI of lips and jaw on a rendered tail (``render.frames`` (T, S, S, 3)) and on the real one.
+
+    Raises:
+        InputError: a tracker finds no face in either video.
+    """
     indices = tail_indices(dataset)
     truth = truth_frames(dataset, indices, render.frames.shape[1])
     rendered = render.frames[: len(truth)]
