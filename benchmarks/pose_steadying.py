@@ -29,6 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common
+from engines.errors import InputError
 from engines.geometry.face_model import fit_face_model
 from engines.geometry.trackers import LandmarkTracker, create_tracker
 from offline_training.dataset import AvatarDataset
@@ -69,14 +70,25 @@ def measure(
                 "sigma": sigma,
                 "ssim": float(np.mean([ssim(a, b) for a, b in zip(frames, truth, strict=True)])),
             }
-            for result in compare_tail(render, dataset, trackers):
-                row[result.tracker] = {
+            for tracker in trackers:
+                try:
+                    [result] = compare_tail(render, dataset, [tracker])
+                except InputError as exc:  # a render the tracker cannot follow is a row, not a crash
+                    row[tracker.name] = {"error": str(exc)}
+                    continue
+                row[tracker.name] = {
                     part: {"ratio": result.ratio(part), "verdict": result.verdict(part)}
                     for part in ("lip", "jaw")
                 }
             print(f"{mouth} mouth, sigma {sigma}: {row}", file=sys.stderr)
             rows.append(row)
     return rows
+
+
+def _ratios(entry: dict[str, Any]) -> str:
+    if "error" in entry:
+        return f"— ({entry['error']})"
+    return f"{entry['lip']['ratio']:.2f}, {entry['jaw']['ratio']:.2f}"
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -87,7 +99,7 @@ def markdown(result: dict[str, Any]) -> str:
             row["mouth"],
             f"{row['sigma']:g}",
             f"{row['ssim']:.4f}",
-            *(f"{row[name]['lip']['ratio']:.2f}, {row[name]['jaw']['ratio']:.2f}" for name in trackers),
+            *(_ratios(row[name]) for name in trackers),
         ]
         for row in result["rows"]
     ]

@@ -114,3 +114,18 @@ def test_the_tail_can_be_drawn_with_its_tracked_mouth(tiny_avatar: Path, synthet
     assert not np.array_equal(by_audio.frames, by_tracking.frames)
     with pytest.raises(ValueError, match="mouth"):
         render_tail(bundle, dataset, mouth="typed")
+
+
+def test_the_real_tail_is_exactly_as_steady_as_itself(synthetic_dataset: Path) -> None:
+    from engines.geometry.trackers import create_tracker
+    from offline_training.dataset import AvatarDataset
+    from offline_training.evaluation.ablation import TailRender, truth_frames
+    from offline_training.evaluation.tail_stability import compare_tail
+
+    dataset = AvatarDataset.open(synthetic_dataset)
+    indices = tail_indices(dataset)
+    real = TailRender(frames=truth_frames(dataset, indices, dataset.render_size), fps=25.0, first_frame=0)
+    [result] = compare_tail(real, dataset, [create_tracker("mediapipe")])
+    assert result.frames == len(indices)
+    assert result.ratio("lip") == pytest.approx(1.0) and result.ratio("jaw") == pytest.approx(1.0)
+    assert result.verdict("jaw") == "within ±10%"
