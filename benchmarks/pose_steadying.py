@@ -30,10 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common
 from engines.errors import InputError
-from engines.geometry.face_model import fit_face_model
 from engines.geometry.trackers import LandmarkTracker, create_tracker
 from offline_training.dataset import AvatarDataset
-from offline_training.dataset.steady_pose import steady_poses
+from offline_training.dataset.steady_pose import per_frame_poses, steady_poses
 from offline_training.evaluation.ablation import render_tail, tail_indices, truth_frames
 from offline_training.evaluation.image_metrics import ssim
 from offline_training.evaluation.tail_stability import compare_tail
@@ -50,14 +49,7 @@ def measure(
     from engines.bundle import AvatarBundle
 
     bundle = AvatarBundle.load(avatar)
-    manifest = dataset.manifest
-    per_frame = fit_face_model(
-        dataset.landmarks,
-        manifest.tracker.layout,
-        manifest.face_model.mouth_dims,
-        manifest.face_model.upper_dims,
-        planar=manifest.face_model.planar,
-    ).pose
+    per_frame = per_frame_poses(dataset)
     truth = truth_frames(dataset, tail_indices(dataset), bundle.config.renderer.image_size)
     rows = []
     for mouth in mouths:

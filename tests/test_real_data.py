@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from engines.geometry.crop import paste_back
-from engines.geometry.face_model import fit_face_model
 from engines.geometry.layouts import MEDIAPIPE478
 from engines.geometry.pose import HeadPose
 from engines.media.decode import iter_video_frames
 from offline_training.dataset import AvatarDataset
 from offline_training.dataset.builder import prepare_dataset
 from offline_training.dataset.settings import PrepareSettings
+from offline_training.dataset.steady_pose import per_frame_poses
 
 ADDRESS_SECONDS = 10.0
 
@@ -107,13 +107,7 @@ def test_obama_clip_with_separate_audio_makes_a_complete_dataset(obama_clip2: Av
 
 def test_face_model_explains_the_aligned_shapes(real_dataset: AvatarDataset) -> None:
     manifest = real_dataset.manifest
-    per_frame = fit_face_model(
-        real_dataset.landmarks,
-        manifest.tracker.layout,
-        manifest.face_model.mouth_dims,
-        manifest.face_model.upper_dims,
-        planar=manifest.face_model.planar,
-    ).pose
+    per_frame = per_frame_poses(real_dataset)
     explained = _explained_variance(real_dataset, per_frame)
     assert explained >= 0.95
     assert explained == pytest.approx(manifest.face_model.explained_variance, abs=1e-3)

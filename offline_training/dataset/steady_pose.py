@@ -16,12 +16,17 @@ frames — a frame without a face breaks the run, so poses never mix across a ga
 from __future__ import annotations
 
 import itertools
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 from scipy.ndimage import gaussian_filter1d
 
+from engines.geometry.face_model import fit_face_model
 from engines.geometry.pose import HeadPose
+
+if TYPE_CHECKING:
+    from offline_training.dataset.reader import AvatarDataset
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -74,3 +79,15 @@ def steady_poses(pose: HeadPose, frame_numbers: npt.NDArray[np.int64], sigma: fl
         rotation=rotation.astype(np.float32),
         translation=translation.astype(np.float32),
     )
+
+
+def per_frame_poses(dataset: AvatarDataset) -> HeadPose:
+    """The poses `prepare` fitted to the dataset's landmarks before steadying them, one per kept frame."""
+    manifest = dataset.manifest
+    return fit_face_model(
+        dataset.landmarks,
+        manifest.tracker.layout,
+        manifest.face_model.mouth_dims,
+        manifest.face_model.upper_dims,
+        planar=manifest.face_model.planar,
+    ).pose
