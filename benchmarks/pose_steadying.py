@@ -69,7 +69,11 @@ def measure(
                     row[tracker.name] = {"error": str(exc)}
                     continue
                 row[tracker.name] = {
-                    part: {"ratio": result.ratio(part), "verdict": result.verdict(part)}
+                    part: {
+                        "ratio": result.ratio(part),
+                        "interval": [result.interval(part).low, result.interval(part).high],
+                        "verdict": result.verdict(part),
+                    }
                     for part in ("lip", "jaw")
                 }
             print(f"{mouth} mouth, sigma {sigma}: {row}", file=sys.stderr)
@@ -80,7 +84,10 @@ def measure(
 def _ratios(entry: dict[str, Any]) -> str:
     if "error" in entry:
         return f"— ({entry['error']})"
-    return f"{entry['lip']['ratio']:.2f}, {entry['jaw']['ratio']:.2f}"
+    return ", ".join(
+        f"{entry[part]['ratio']:.2f} ({entry[part]['interval'][0]:.2f}–{entry[part]['interval'][1]:.2f})"
+        for part in ("lip", "jaw")
+    )
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -102,7 +109,7 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Avatar `{result['avatar']}` (its dataset prepared with sigma {result['dataset_sigma']:g}), "
         f"held-out tail of {result['dataset']}. MSI ratio = rendered tail over real tail "
-        "(1 = as steady as the person, target 0.90–1.10).",
+        "(1 = as steady as the person, target 0.90–1.10), with its 90% bootstrap interval.",
         "",
         *common.markdown_table(columns, "lrr" + "l" * len(trackers), rows),
         "",

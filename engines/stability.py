@@ -66,7 +66,14 @@ def acceleration_variance(tracks: npt.ArrayLike, valid: npt.ArrayLike | None = N
     return result
 
 
+def msi_of_variance(variance: npt.ArrayLike) -> FloatArray:
+    """Eq. 4 on (..., K, D) acceleration variances: the mean over points and coordinates of
+    1 / (sigma(a) + 1e-5), one value per leading index (a 0-d array for a single (K, D))."""
+    result: FloatArray = np.mean(1.0 / (np.asarray(variance, dtype=np.float64) + EPSILON), axis=(-2, -1))
+    return result
+
+
 def motion_stability_index(tracks: npt.ArrayLike, valid: npt.ArrayLike | None = None) -> float:
     """MSI of (T, K, D) point tracks (Eq. 4): the mean over points and coordinates of
     1 / (sigma(a) + 1e-5); higher is steadier. ``valid``: see :func:`acceleration_variance`."""
-    return float(np.mean(1.0 / (acceleration_variance(tracks, valid) + EPSILON)))
+    return float(msi_of_variance(acceleration_variance(tracks, valid)))

@@ -129,3 +129,8 @@ def test_the_real_tail_is_exactly_as_steady_as_itself(synthetic_dataset: Path) -
     assert result.frames == len(indices)
     assert result.ratio("lip") == pytest.approx(1.0) and result.ratio("jaw") == pytest.approx(1.0)
     assert result.verdict("jaw") == "within ±10%"
+    for part in ("lip", "jaw"):
+        interval = result.interval(part)
+        assert interval.low == pytest.approx(1.0) and interval.high == pytest.approx(1.0)
+        assert result.decided(part)
+    assert "[90%: 1.00-1.00]" in result.lines()[0]

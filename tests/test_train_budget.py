@@ -187,6 +187,9 @@ def test_a_short_budget_stops_in_time_and_reports_the_tail_stability(
     validation = report["validation"]
     for key in ("val/ssim", "val/mouth_landmark_distance", "tail/mediapipe/msi_lip_ratio"):
         assert math.isfinite(validation[key]), key
+    for part in ("lip", "jaw"):
+        low, high = (validation[f"tail/mediapipe/msi_{part}_ratio_{end}"] for end in ("low", "high"))
+        assert math.isfinite(low) and math.isfinite(high) and low <= high
     bundle = AvatarBundle.load(out)
     assert int(bundle.manifest.training["steps_renderer"]) > 0
 

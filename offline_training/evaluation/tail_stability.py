@@ -4,7 +4,10 @@
 its own speech on its own reference frames (same head motion, so only the mouth differs), and the
 lips' and jaw's MSI (paper III-D) of the render are read beside the real tail's, with every
 tracker given. MSI rewards over-smoothing as much as it punishes jitter, so the target is a band:
-within ``TOLERANCE`` of the real tail, on both sides.
+within ``TOLERANCE`` of the real tail, on both sides. Every ratio comes with its 90% interval
+(:mod:`offline_training.evaluation.msi_interval`): a held-out tail of a few seconds measures a
+ratio only to about ±0.2-0.3, wider than the band, and the report says so rather than let one
+number pass for a verdict.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import numpy.typing as npt
 from engines.geometry.trackers import LandmarkTracker
 from offline_training.dataset import AvatarDataset
 from offline_training.evaluation.ablation import TailRender, render_tail, tail_indices, truth_frames
-from offline_training.evaluation.msi import track_normalised
+from offline_training.evaluation.msi import NormalisedTracks, track_normalised
+from offline_training.evaluation.msi_interval import RatioInterval, msi_ratio_interval
 
 TOLERANCE = 0.10
 
@@ -28,7 +32,8 @@ ImageRGB = npt.NDArray[np.uint8]
 
 @dataclass(frozen=True)
 class TailStability:
-    """MSI of lips and jaw on the rendered and the real held-out tail, under one tracker."""
+    """MSI of lips and jaw on the rendered and the real held-out tail, under one tracker, and the
+    90% intervals of their ratios."""
 
     tracker: str
     frames: int
@@ -36,6 +41,8 @@ class TailStability:
     rendered_jaw: float
     real_lip: float
     real_jaw: float
+    lip_interval: RatioInterval
+    jaw_interval: RatioInterval
 
     def ratio(self, part: str) -> float:
         """Rendered over real MSI of ``lip`` or ``jaw`` (1: as steady as the person)."""
@@ -55,15 +62,36 @@ class TailStability:
             return "above"
         return f"within ±{TOLERANCE:.0%}"
 
+    def interval(self, part: str) -> RatioInterval:
+        """The 90% interval of :meth:`ratio` for ``lip`` or ``jaw``."""
+        return self.lip_interval if part == "lip" else self.jaw_interval
+
+    def decided(self, part: str) -> bool:
+        """Whether the tail is long enough to tell: the ratio's interval lies wholly inside the
+        band or wholly outside it."""
+        interval = self.interval(part)
+        low, high = 1 - TOLERANCE, 1 + TOLERANCE
+        return (low <= interval.low and interval.high <= high) or interval.high < low or interval.low > high
+
     def lines(self) -> list[str]:
-        return [
-            f"MSI {part:<3} ({self.tracker}, {self.frames} frames): rendered {rendered:.3f}, "
-            f"real {real:.3f}, ratio {self.ratio(part):.2f} — {self.verdict(part)}"
-            for part, rendered, real in (
-                ("lip", self.rendered_lip, self.real_lip),
-                ("jaw", self.rendered_jaw, self.real_jaw),
+        lines = []
+        for part, rendered, real in (
+            ("lip", self.rendered_lip, self.real_lip),
+            ("jaw", self.rendered_jaw, self.real_jaw),
+        ):
+            interval = self.interval(part)
+            undecided = (
+                ""
+                if self.decided(part)
+                else " (the interval crosses the band's edge: too short a tail to tell)"
             )
-        ]
+            lines.append(
+                f"MSI {part:<3} ({self.tracker}, {self.frames} frames): rendered {rendered:.3f}, "
+                f"real {real:.3f}, ratio {self.ratio(part):.2f} "
+                f"[{interval.level:.0%}: {interval.low:.2f}-{interval.high:.2f}] — "
+                f"{self.verdict(part)}{undecided}"
+            )
+        return lines
 
     def metrics(self) -> dict[str, float]:
         """Flat entries for ``metrics.jsonl`` and ``report.json``."""
@@ -75,6 +103,10 @@ class TailStability:
             f"{prefix}/real_msi_jaw": self.real_jaw,
             f"{prefix}/msi_lip_ratio": self.ratio("lip"),
             f"{prefix}/msi_jaw_ratio": self.ratio("jaw"),
+            f"{prefix}/msi_lip_ratio_low": self.lip_interval.low,
+            f"{prefix}/msi_lip_ratio_high": self.lip_interval.high,
+            f"{prefix}/msi_jaw_ratio_low": self.jaw_interval.low,
+            f"{prefix}/msi_jaw_ratio_high": self.jaw_interval.high,
         }
 
 
@@ -95,7 +127,8 @@ def tail_stability(
 def compare_tail(
     render: TailRender, dataset: AvatarDataset, trackers: list[LandmarkTracker]
 ) -> list[TailStability]:
-    """MSI of lips and jaw on a rendered tail (``render.frames`` (T, S, S, 3)) and on the real one.
+    """MSI of lips and jaw on a rendered tail (``render.frames`` (T, S, S, 3)) and on the real one,
+    with the ratios' 90% intervals.
 
     Raises:
         InputError: a tracker finds no face in either video.
@@ -115,6 +148,13 @@ def compare_tail(
                 rendered_jaw=ours.msi_jaw(),
                 real_lip=real.msi_lip(),
                 real_jaw=real.msi_jaw(),
+                lip_interval=_ratio_interval(ours, real, "lips"),
+                jaw_interval=_ratio_interval(ours, real, "jaw"),
             )
         )
     return results
+
+
+def _ratio_interval(ours: NormalisedTracks, real: NormalisedTracks, part: str) -> RatioInterval:
+    points = list(getattr(ours.anchors, part))
+    return msi_ratio_interval(ours.points[:, points], real.points[:, points], ours.found, real.found)

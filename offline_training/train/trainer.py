@@ -82,6 +82,8 @@ VALIDATIONS_PER_STAGE = 15
 # The final phase's cost before the renderer has been timed (seconds per frame, a 2-core CPU at
 # 128 px), and the bundle export's (PNG crops and JPEG copies) per dataset frame.
 RENDER_S_PER_FRAME, TRACK_S_PER_FRAME, EXPORT_S_PER_FRAME = 0.03, 0.03, 0.01
+# The stability report's ratio intervals: 4 bootstraps (lips, jaw; two trackers), ~1.5 ms a frame each.
+INTERVAL_S_PER_FRAME = 0.006
 
 
 @dataclass
@@ -701,7 +703,9 @@ class _FinalPhaseCosts:
         # The last stage's closing validation and the final one, then the export.
         estimate = 2 * self.validation_s + self.frames * EXPORT_S_PER_FRAME
         if stability_report:
-            estimate += 1.0 + self.tail_frames * (self.render_s_per_frame + 2 * self.track_s_per_frame)
+            estimate += 1.0 + self.tail_frames * (
+                self.render_s_per_frame + 2 * self.track_s_per_frame + INTERVAL_S_PER_FRAME
+            )
         return max(MIN_RESERVE_S, RESERVE_MARGIN * estimate)
 
 
