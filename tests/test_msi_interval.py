@@ -62,3 +62,27 @@ def test_bad_arguments_are_refused() -> None:
         msi_ratio_interval(tracks, tracks, level=1.5)
     with pytest.raises(ValueError, match="at least 4"):
         msi_ratio_interval(tracks[:3], tracks[:3])
+
+
+def test_the_tail_report_says_in_one_line_when_too_few_frames_are_measured_in_both() -> None:
+    from engines.errors import InputError
+    from offline_training.evaluation.msi import MsiBox, NormalisedTracks
+    from offline_training.evaluation.tail_stability import _ratio_interval
+
+    def tracks(found: np.ndarray) -> NormalisedTracks:
+        return NormalisedTracks(
+            points=np.random.default_rng(9).normal(size=(10, 478, 2)),
+            found=found,
+            box=MsiBox(0.0, 0.0, 1.0),
+            tracker="mediapipe",
+            layout="mediapipe478",
+            slice_column=np.zeros((256, 10, 3), dtype=np.uint8),
+            column_x=0,
+            first_crop=np.zeros((256, 256, 3), dtype=np.uint8),
+        )
+
+    ours_found, real_found = np.ones(10, dtype=bool), np.ones(10, dtype=bool)
+    ours_found[[1, 4]] = False
+    real_found[[7]] = False  # few misses each, but together they leave 1 acceleration
+    with pytest.raises(InputError, match="lips MSI ratio has no interval"):
+        _ratio_interval(tracks(ours_found), tracks(real_found), "lips")

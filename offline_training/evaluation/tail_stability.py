@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from engines.errors import InputError
 from engines.geometry.trackers import LandmarkTracker
 from offline_training.dataset import AvatarDataset
 from offline_training.evaluation.ablation import TailRender, render_tail, tail_indices, truth_frames
@@ -131,7 +132,7 @@ def compare_tail(
     with the ratios' 90% intervals.
 
     Raises:
-        InputError: a tracker finds no face in either video.
+        InputError: a tracker finds no face in either video, or too few frames with a face in both.
     """
     indices = tail_indices(dataset)
     truth = truth_frames(dataset, indices, render.frames.shape[1])
@@ -157,4 +158,7 @@ def compare_tail(
 
 def _ratio_interval(ours: NormalisedTracks, real: NormalisedTracks, part: str) -> RatioInterval:
     points = list(getattr(ours.anchors, part))
-    return msi_ratio_interval(ours.points[:, points], real.points[:, points], ours.found, real.found)
+    try:
+        return msi_ratio_interval(ours.points[:, points], real.points[:, points], ours.found, real.found)
+    except ValueError as exc:  # faces missing in different frames of the two videos
+        raise InputError(f"the tail's {part} MSI ratio has no interval: {exc}") from exc
