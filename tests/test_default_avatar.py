@@ -131,6 +131,18 @@ def test_output_carries_the_ai_mark_unless_switched_off(default_engine: AvatarEn
     )
 
 
+def test_the_bundled_provenance_states_the_recipe_build_default_runs() -> None:
+    """A default changed in the recipe (or in what it leaves to ``prepare``/``train``, such as the
+    head-pose steadying) must come with a rebuilt bundle: the bundle's stated recipe is today's."""
+    from dataclasses import asdict
+
+    from offline_training.default_avatar.recipe import DefaultAvatarRecipe
+
+    provenance = (DEFAULT_AVATAR_DIR / "PROVENANCE.md").read_text()
+    stated = json.loads(provenance.split("```json")[1].split("```")[0])
+    assert stated == asdict(DefaultAvatarRecipe())
+
+
 def test_build_default_is_deterministic_from_its_seed(tmp_path: Path) -> None:
     from offline_training.default_avatar.corpus_a2e import CorpusSettings
     from offline_training.default_avatar.recipe import DefaultAvatarRecipe, build_default_avatar

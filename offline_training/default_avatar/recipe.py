@@ -72,6 +72,9 @@ class DefaultAvatarRecipe:
         reference_frames: frames of the clip kept as the reference video the avatar plays.
         crop_margin: margin of the crop box around the face (the clip's head barely moves, so a
             tight crop puts the renderer's pixels on the face).
+        pose_steadying: ``prepare``'s head-pose steadying, in frames. 0: the bundled avatar was
+            built before ``prepare`` steadied poses, and a recipe must rebuild the bundle it
+            describes; a rebuild with steadying must re-measure the default avatar's table.
         export_onnx: also write the ONNX export for the avatar's streaming shapes.
         corpus: the audio model's speech corpus and training.
     """
@@ -85,6 +88,7 @@ class DefaultAvatarRecipe:
     batch_size: int = 4
     reference_frames: int = 200
     crop_margin: float = 0.15
+    pose_steadying: float = 0.0
     export_onnx: bool = True
     corpus: CorpusSettings = field(default_factory=CorpusSettings)
 
@@ -130,6 +134,7 @@ def build_default_avatar(out: Path, recipe: DefaultAvatarRecipe, show_progress: 
                 out=work / "dataset",
                 render_size=_image_size(recipe),
                 crop_margin=recipe.crop_margin,
+                pose_steadying=recipe.pose_steadying,
                 show_progress=show_progress,
             )
         )
