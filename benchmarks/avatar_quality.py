@@ -30,11 +30,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common
+from benchmarks.sync_validation import NEAR_CLEAN
 from engines.bundle import DEFAULT_AVATAR_DIR
 from engines.errors import InputError
 from engines.geometry.trackers import create_tracker
 from engines.media.decode import load_audio
-from engines.timebase import FPS
+from engines.timebase import FPS, SAMPLE_RATE_HZ
+from offline_training.evaluation.mouth_tracks import video_av_sync
 from offline_training.evaluation.msi import track_normalised
 from offline_training.evaluation.video_report import (
     Footage,
@@ -69,7 +71,13 @@ def _row(name: str, report: VideoReport) -> dict[str, Any]:
 
 
 def driven(avatar: Path, speech: list[tuple[str, np.ndarray]]) -> list[dict[str, Any]]:
-    """The avatar driven by each (name, 16 kHz audio) through the streaming pipeline, measured."""
+    """The avatar driven by each (name, 16 kHz audio) through the streaming pipeline, measured.
+
+    Where the near-clean recording of the noisy recordings' utterance is among ``speech``, each
+    noisy recording's row also has ``speech_score``: the mouth's sync score against that recording,
+    i.e. whether it follows the speech under the noise or the noise.
+    """
+    near_clean = dict(speech).get(NEAR_CLEAN)
     engine = AvatarEngine.load(avatar)
     tracker = create_tracker("mediapipe")
     rows = []
@@ -81,7 +89,12 @@ def driven(avatar: Path, speech: list[tuple[str, np.ndarray]]) -> list[dict[str,
             report = evaluate_footage(
                 Footage.from_array(name, images, FPS), tracker, speech=audio, speech_name=name
             )
-            rows.append(_row(name, report))
+            row = _row(name, report)
+            if near_clean is not None and name.startswith("noisy_audio_"):
+                row["speech_score"] = video_av_sync(
+                    iter(images), near_clean, SAMPLE_RATE_HZ, FPS, tracker
+                ).correlation
+            rows.append(row)
             print(f"avatar_quality: {name}: MSI lip {report.msi_lip:.3f}", file=sys.stderr)
     finally:
         tracker.close()
@@ -185,6 +198,20 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         *common.markdown_table(columns, "lrrrrrrr", [cells(row) for row in result["driven"]]),
     ]
+    under = [row for row in result["driven"] if row.get("speech_score") is not None]
+    if under:
+        lines += [
+            "",
+            f"The noisy recordings are one utterance; each one's mouth scored against `{NEAR_CLEAN}` "
+            "(the speech under the noise, 20 dB over its own): does the mouth follow the speech or "
+            "the noise?",
+            "",
+            *common.markdown_table(
+                ["recording", "score with its own sound", "score with the speech under it"],
+                "lrr",
+                [[row["name"], f"{row['score']:.2f}", f"{row['speech_score']:.2f}"] for row in under],
+            ),
+        ]
     if result["real"]:
         lines += [
             "",

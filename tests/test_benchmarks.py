@@ -231,6 +231,9 @@ def test_sync_validation_quick_asks_both_questions(tmp_path: Path) -> None:
     # the generated face moves its mouth with its own voice: the unshifted offset is found
     assert all(abs(clip["shifts"][2]["error_ms"]) <= 80 for clip in result["clips"])
     assert all(clip["short_window"]["frames"] == clip["frames"] == 150 for clip in result["clips"])
+    # the same windows under each noisy recording's condition
+    assert len(result["noisy"]) == 2 * len(module.NOISY_CONDITIONS)
+    assert all(-1 <= row["correlation"] <= 1 for row in result["noisy"])
     assert result_file.with_suffix(".md").read_text().startswith("# sync validation")
 
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from benchmarks import sync_validation
+from engines.errors import InputError
+from engines.media.encode import write_wav
 
 CLEAR_CLIPS = ("WDA_EdMarkey0_000", "WDA_BobMenendez_000", "RD_Radio2_000")
 
@@ -40,3 +43,56 @@ def test_the_measure_meets_its_targets_on_every_real_clip(shared_data_dir: Path)
     won = sum(pair["own_wins"] for pair in pairs)
     assert found >= 0.8 * len(shifts), f"{found} of {len(shifts)} shifts found"
     assert won >= 0.9 * len(pairs), f"{won} of {len(pairs)} pairs won"
+
+
+def test_noise_is_laid_under_the_sound_at_the_named_snr() -> None:
+    rng = np.random.default_rng(3)
+    speech = rng.standard_normal(16000).astype(np.float32) * 0.2
+    noise = rng.standard_normal(5000)  # shorter than the speech: looped
+    for snr_db in (0.0, 10.0, 20.0):
+        added = sync_validation.with_noise(speech, noise, snr_db).astype(np.float64) - speech
+        measured = 10 * np.log10(np.mean(np.square(speech, dtype=np.float64)) / np.mean(np.square(added)))
+        assert measured == pytest.approx(snr_db, abs=0.01)
+
+
+def _recordings(folder: Path, speech: np.ndarray, noises: dict[str, np.ndarray]) -> None:
+    """The speech folder's layout: one utterance, near clean (meeting noise 20 dB under it) and
+    under each noise at 0 dB."""
+    folder.mkdir()
+    write_wav(folder / "noisy_audio_meeting_snr_20.wav", speech + 0.1 * noises["meeting"])
+    for name, noise in noises.items():
+        write_wav(folder / f"noisy_audio_{name}_snr_0.wav", speech + noise)
+
+
+def test_the_noise_under_each_recording_is_recovered(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    speech = (0.1 * rng.standard_normal(32000)).astype(np.float32)
+    noises = {
+        name: (0.1 * rng.standard_normal(32000)).astype(np.float32)
+        for name in ("cafeter", "meeting", "office")
+    }
+    _recordings(tmp_path / "speech", speech, noises)
+    estimated = sync_validation.speech_noises(tmp_path / "speech")
+    assert sorted(estimated) == sorted(noises)
+    for name, noise in noises.items():
+        assert np.corrcoef(estimated[name], noise)[0, 1] > 0.99  # the meeting trace is 20 dB under
+        assert abs(np.corrcoef(estimated[name], speech)[0, 1]) < 0.05  # the speech cancelled
+
+
+def test_recordings_of_another_utterance_are_refused(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    speech = (0.1 * rng.standard_normal(32000)).astype(np.float32)
+    noises = {
+        name: (0.1 * rng.standard_normal(32000)).astype(np.float32)
+        for name in ("cafeter", "meeting", "office")
+    }
+    _recordings(tmp_path / "speech", speech, noises)
+    write_wav(
+        tmp_path / "speech" / "noisy_audio_office_snr_0.wav",
+        (0.1 * rng.standard_normal(32000)).astype(np.float32),
+    )
+    with pytest.raises(InputError, match="office"):
+        sync_validation.speech_noises(tmp_path / "speech")
+    (tmp_path / "speech" / "noisy_audio_cafeter_snr_0.wav").unlink()
+    with pytest.raises(InputError):
+        sync_validation.speech_noises(tmp_path / "speech")
