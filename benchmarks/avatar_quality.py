@@ -91,9 +91,10 @@ def driven(avatar: Path, speech: list[tuple[str, np.ndarray]]) -> list[dict[str,
             )
             row = _row(name, report)
             if near_clean is not None and name.startswith("noisy_audio_"):
-                row["speech_score"] = video_av_sync(
-                    iter(images), near_clean, SAMPLE_RATE_HZ, FPS, tracker
-                ).correlation
+                under_noise = video_av_sync(iter(images), near_clean, SAMPLE_RATE_HZ, FPS, tracker)
+                row["speech_score"] = under_noise.correlation
+                row["speech_confidence"] = under_noise.confidence
+                row["speech_reliable"] = under_noise.reliable
             rows.append(row)
             print(f"avatar_quality: {name}: MSI lip {report.msi_lip:.3f}", file=sys.stderr)
     finally:
@@ -207,9 +208,17 @@ def markdown(result: dict[str, Any]) -> str:
             "the noise?",
             "",
             *common.markdown_table(
-                ["recording", "score with its own sound", "score with the speech under it"],
+                ["recording", "score (conf.), its own sound", "score (conf.), the speech under it"],
                 "lrr",
-                [[row["name"], f"{row['score']:.2f}", f"{row['speech_score']:.2f}"] for row in under],
+                [
+                    [
+                        row["name"],
+                        f"{row['score']:.2f} ({row['confidence']:.1f})",
+                        f"{row['speech_score']:.2f} ({row['speech_confidence']:.1f})"
+                        f"{'' if row['speech_reliable'] else '?'}",
+                    ]
+                    for row in under
+                ],
             ),
         ]
     if result["real"]:
