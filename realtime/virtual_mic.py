@@ -38,6 +38,10 @@ LATENCY_MS = 40
 # blocks) never lets the stream run dry; as much audio is skipped at the start, so the cushion
 # adds no delay.
 CUSHION_MS = 40
+# A writer later than this behind its own timeline (the time since its first write against the
+# audio it has written) has let the stream run dry: what it owes is dropped, down to the cushion,
+# so the voice does not stay that late behind the lips for the rest of the call.
+CATCH_UP_MS = 80
 PACTL_TIMEOUT_S = 10.0
 
 
@@ -105,6 +109,8 @@ class PulseVirtualMicrophone:
         self._modules: list[str] = []
         self._player: subprocess.Popen[bytes] | None = None
         self._skip = round(CUSHION_MS * SAMPLE_RATE_HZ / 1000)
+        self._first_write_at: float | None = None
+        self._accounted = 0  # samples given to write() so far, played or dropped
         try:
             self._modules.append(
                 _pactl(
@@ -183,11 +189,31 @@ class PulseVirtualMicrophone:
         Raises:
             OutputError: the player stopped (the sound server went away).
         """
+        self._catch_up(time.monotonic())
+        self._accounted += len(audio)
         if self._skip:
             skipped = min(self._skip, len(audio))
             audio = audio[skipped:]
             self._skip -= skipped
         self._play(audio)
+
+    def _catch_up(self, now: float) -> None:
+        """When the writer has fallen more than CATCH_UP_MS behind its timeline, drop what it owes and
+        start the stream again as on open: a cushion of silence, as much more audio dropped."""
+        if self._first_write_at is None:
+            self._first_write_at = now
+            return
+        owed = round((now - self._first_write_at) * SAMPLE_RATE_HZ) - self._accounted - self._skip
+        if owed > CATCH_UP_MS * SAMPLE_RATE_HZ // 1000:
+            cushion = CUSHION_MS * SAMPLE_RATE_HZ // 1000
+            dropped = owed + cushion
+            logger.info(
+                "virtual microphone: the audio came %.0f ms late; dropping %.0f ms to catch up",
+                1000 * owed / SAMPLE_RATE_HZ,
+                1000 * dropped / SAMPLE_RATE_HZ,
+            )
+            self._skip += dropped
+            self._play(np.zeros(cushion, np.float32))
 
     def _play(self, audio: FloatArray) -> None:
         player = self._player
