@@ -186,6 +186,11 @@ class PulseVirtualMicrophone:
     def write(self, audio: FloatArray) -> None:
         """Play (S,) 16 kHz mono float32 samples in [-1, 1].
 
+        The writes are one continuous stream in real time from the first (as ``live`` writes each
+        output frame's audio at its due time, overdue ones back to back). A writer more than
+        CATCH_UP_MS behind that timeline has the audio it owes dropped, so a pause in the writes is
+        not a pause in the stream: write silence through it.
+
         Raises:
             OutputError: the player stopped (the sound server went away).
         """
