@@ -59,9 +59,10 @@ def _recordings(folder: Path, speech: np.ndarray, noises: dict[str, np.ndarray])
     """The speech folder's layout: one utterance, near clean (meeting noise 20 dB under it) and
     under each noise at 0 dB."""
     folder.mkdir()
-    write_wav(folder / "noisy_audio_meeting_snr_20.wav", speech + 0.1 * noises["meeting"])
+    near_clean = (speech + 0.1 * noises["meeting"]).astype(np.float32)
+    write_wav(folder / "noisy_audio_meeting_snr_20.wav", near_clean)
     for name, noise in noises.items():
-        write_wav(folder / f"noisy_audio_{name}_snr_0.wav", speech + noise)
+        write_wav(folder / f"noisy_audio_{name}_snr_0.wav", (speech + noise).astype(np.float32))
 
 
 def test_the_noise_under_each_recording_is_recovered(tmp_path: Path) -> None:
