@@ -55,24 +55,22 @@ def test_noise_is_laid_under_the_sound_at_the_named_snr() -> None:
         assert measured == pytest.approx(snr_db, abs=0.01)
 
 
-def _recordings(folder: Path, speech: np.ndarray, noises: dict[str, np.ndarray]) -> None:
-    """The speech folder's layout: one utterance, near clean (meeting noise 20 dB under it) and
-    under each noise at 0 dB."""
+def _recordings(folder: Path, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The speech folder's layout with white noise for speech and noises: one utterance, near clean
+    (meeting noise 20 dB under it) and under each noise at 0 dB. Returns the speech and the noises."""
+    rng = np.random.default_rng(seed)
+    speech, *noise = ((0.1 * rng.standard_normal(32000)).astype(np.float32) for _ in range(4))
+    noises = dict(zip(("cafeter", "meeting", "office"), noise, strict=True))
     folder.mkdir()
     near_clean = (speech + 0.1 * noises["meeting"]).astype(np.float32)
     write_wav(folder / "noisy_audio_meeting_snr_20.wav", near_clean)
-    for name, noise in noises.items():
-        write_wav(folder / f"noisy_audio_{name}_snr_0.wav", (speech + noise).astype(np.float32))
+    for name, one in noises.items():
+        write_wav(folder / f"noisy_audio_{name}_snr_0.wav", (speech + one).astype(np.float32))
+    return speech, noises
 
 
 def test_the_noise_under_each_recording_is_recovered(tmp_path: Path) -> None:
-    rng = np.random.default_rng(4)
-    speech = (0.1 * rng.standard_normal(32000)).astype(np.float32)
-    noises = {
-        name: (0.1 * rng.standard_normal(32000)).astype(np.float32)
-        for name in ("cafeter", "meeting", "office")
-    }
-    _recordings(tmp_path / "speech", speech, noises)
+    speech, noises = _recordings(tmp_path / "speech", seed=4)
     estimated = sync_validation.speech_noises(tmp_path / "speech")
     assert sorted(estimated) == sorted(noises)
     for name, noise in noises.items():
@@ -81,17 +79,9 @@ def test_the_noise_under_each_recording_is_recovered(tmp_path: Path) -> None:
 
 
 def test_recordings_of_another_utterance_are_refused(tmp_path: Path) -> None:
-    rng = np.random.default_rng(5)
-    speech = (0.1 * rng.standard_normal(32000)).astype(np.float32)
-    noises = {
-        name: (0.1 * rng.standard_normal(32000)).astype(np.float32)
-        for name in ("cafeter", "meeting", "office")
-    }
-    _recordings(tmp_path / "speech", speech, noises)
-    write_wav(
-        tmp_path / "speech" / "noisy_audio_office_snr_0.wav",
-        (0.1 * rng.standard_normal(32000)).astype(np.float32),
-    )
+    _recordings(tmp_path / "speech", seed=5)
+    other = (0.1 * np.random.default_rng(6).standard_normal(32000)).astype(np.float32)
+    write_wav(tmp_path / "speech" / "noisy_audio_office_snr_0.wav", other)
     with pytest.raises(InputError, match="office"):
         sync_validation.speech_noises(tmp_path / "speech")
     (tmp_path / "speech" / "noisy_audio_cafeter_snr_0.wav").unlink()
