@@ -39,9 +39,10 @@ LATENCY_MS = 40
 # adds no delay.
 CUSHION_MS = 40
 # A writer later than this behind its own timeline (the time since its first write against the
-# audio it has written) has let the stream run dry: what it owes is dropped, down to the cushion,
-# so the voice does not stay that late behind the lips for the rest of the call.
-CATCH_UP_MS = 80
+# audio it has written) has let the stream run dry (the cushion is 40 ms): what it owes is dropped
+# and the stream starts again as on open, so the voice does not stay that late behind the lips for
+# the rest of the call.
+CATCH_UP_MS = 50
 PACTL_TIMEOUT_S = 10.0
 
 
@@ -88,6 +89,9 @@ class PulseVirtualMicrophone:
     Args:
         name: the source's name (apps show its description, "StableFace microphone").
 
+    Attributes:
+        dropped_ms: audio dropped so far to catch up with a writer that fell behind.
+
     Raises:
         MissingDependencyError: pactl or pacat is not installed.
         InputError: no sound server is running, or the name is taken.
@@ -110,6 +114,7 @@ class PulseVirtualMicrophone:
         self._player: subprocess.Popen[bytes] | None = None
         self._skip = round(CUSHION_MS * SAMPLE_RATE_HZ / 1000)
         self._first_write_at: float | None = None
+        self.dropped_ms = 0.0
         self._accounted = 0  # samples given to write() so far, played or dropped
         try:
             self._modules.append(
@@ -218,6 +223,7 @@ class PulseVirtualMicrophone:
                 1000 * dropped / SAMPLE_RATE_HZ,
             )
             self._skip += dropped
+            self.dropped_ms += 1000 * dropped / SAMPLE_RATE_HZ
             self._play(np.zeros(cushion, np.float32))
 
     def _play(self, audio: FloatArray) -> None:

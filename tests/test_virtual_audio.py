@@ -288,9 +288,9 @@ def test_microphone_capture_through_portaudio_follows_a_wav(pulse_server: str, e
 def test_a_writer_that_falls_behind_is_caught_up_not_left_late(pulse_server: str) -> None:
     """A writer stalls 300 ms (a busy machine, a slow frame), then writes what it owes at once: the
     microphone drops what is that late instead of playing everything after it 300 ms behind."""
-    signal = bursts(seed=7, seconds=6.0)
+    signal = bursts(seed=7, seconds=8.0)  # bursts at 1.0, 2.47, 3.7, 5.07, 6.35 and 7.69 s
     block = SAMPLE_RATE_HZ * 40 // 1000
-    stall_at_s, stall_s = 2.5, 0.3
+    stall_at_s, stall_s = 3.0, 0.3
     with PulseVirtualMicrophone("stableface_late") as microphone:
         recorder = _Recorder("stableface_late")
         origin = time.monotonic() + 0.2
@@ -306,5 +306,11 @@ def test_a_writer_that_falls_behind_is_caught_up_not_left_late(pulse_server: str
     before = [delay for onset, delay in delays if onset < stall_at_s]
     after = [delay for onset, delay in delays if onset > stall_at_s + stall_s + 0.5]
     print(f"delays before the stall {np.round(before)}, after {np.round(after)}")
-    assert before and after, delays
-    assert max(after) - float(np.median(before)) <= 2 * DELAY_TOLERANCE_MS, (before, after)
+    assert microphone.dropped_ms >= stall_s * 1000 - 2 * DELAY_TOLERANCE_MS, microphone.dropped_ms
+    assert after, delays
+    # The cushion makes up for the audio skipped at the start: a burst leaves when it went in (1 ms
+    # measured here), before the stall as after it. (The test's own pacing may slip on a busy
+    # machine before the stall; the bursts after it are what the catch-up answers for.)
+    reference = float(np.median(before)) if before else 0.0
+    assert max(abs(delay - reference) for delay in after) <= 2 * DELAY_TOLERANCE_MS, (before, after)
+    assert max(after) <= 2 * DELAY_TOLERANCE_MS, after
