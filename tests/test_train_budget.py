@@ -174,7 +174,7 @@ def test_a_short_budget_stops_in_time_and_reports_the_tail_stability(
     in 45 s ± 10% (start-up included), printing progress, the validation and the tail's MSI — or,
     when MediaPipe finds no face in the rendered tail, saying so. A `tiny` renderer after 45 s is a
     blur at the edge of what the face detector takes (validation SSIM 0.66-0.69 here): with the
-    machine busy it gets a few steps fewer and no face is found (seen 1 run in 4), which is the
+    machine busy it gets a few steps fewer and no face is found (2 runs of 6 here), which is the
     report's other honest answer, not a failure of the budget."""
     out = tmp_path / "avatar"
     command = [sys.executable, "-m", "stableface", "train", str(synthetic_dataset), "--out", str(out)]
