@@ -34,15 +34,17 @@ FloatArray = npt.NDArray[np.float32]
 DEFAULT_NAME = "stableface_mic"
 DESCRIPTION = "StableFace microphone"
 LATENCY_MS = 40
-# Silence queued ahead when the microphone opens, so a writer a little late (audio comes in 40 ms
-# blocks) never lets the stream run dry; as much audio is skipped at the start, so the cushion
-# adds no delay.
+# Silence queued ahead of the first write, so a writer a little late (audio comes in 40 ms blocks)
+# never lets the stream run dry; as much audio is skipped at the start, so the cushion adds no
+# delay. (Queued when the microphone opened, it had played out by the time a call began, and any
+# lateness then added to the voice's delay for good.)
 CUSHION_MS = 40
 # A writer later than this behind its own timeline (the time since its first write against the
-# audio it has written) has let the stream run dry (the cushion is 40 ms): what it owes is dropped
-# and the stream starts again as on open, so the voice does not stay that late behind the lips for
-# the rest of the call.
-CATCH_UP_MS = 50
+# audio it has written) may have let the stream run dry (a 30 ms late write added 30 ms to the
+# voice's delay for good, cushion or not; measured against PulseAudio 16): what it owes is dropped
+# and the stream starts again as at the first write, so the voice does not stay that late behind
+# the lips for the rest of the call.
+CATCH_UP_MS = 20
 PACTL_TIMEOUT_S = 10.0
 
 
@@ -152,7 +154,6 @@ class PulseVirtualMicrophone:
                 stderr=subprocess.PIPE,
             )
             self._restart_sink_clock()
-            self._play(np.zeros(self._skip, np.float32))
         except BaseException:
             self.close()
             raise
@@ -208,14 +209,15 @@ class PulseVirtualMicrophone:
         self._play(audio)
 
     def _catch_up(self, now: float) -> None:
-        """When the writer has fallen more than CATCH_UP_MS behind its timeline, drop what it owes and
-        start the stream again as on open: a cushion of silence, as much more audio dropped."""
+        """Queue the cushion at the first write. Later, when the writer has fallen more than
+        CATCH_UP_MS behind its timeline, drop what it owes and start again as at the first write."""
+        cushion = CUSHION_MS * SAMPLE_RATE_HZ // 1000
         if self._first_write_at is None:
             self._first_write_at = now
+            self._play(np.zeros(cushion, np.float32))  # self._skip starts at the cushion
             return
         owed = round((now - self._first_write_at) * SAMPLE_RATE_HZ) - self._accounted - self._skip
         if owed > CATCH_UP_MS * SAMPLE_RATE_HZ // 1000:
-            cushion = CUSHION_MS * SAMPLE_RATE_HZ // 1000
             dropped = owed + cushion
             logger.info(
                 "virtual microphone: the audio came %.0f ms late; dropping %.0f ms to catch up",
