@@ -48,6 +48,7 @@ from engines.errors import InputError
 from engines.geometry.trackers import create_tracker
 from engines.media.decode import iter_video_frames, load_audio
 from engines.timebase import FPS, SAMPLE_RATE_HZ
+from offline_training.audio_augmentation import at_snr
 from offline_training.evaluation.mouth_tracks import fill_missing, mouth_descriptor_track
 from offline_training.synthetic import generate_talking_face
 
@@ -75,6 +76,12 @@ def _sync(mouth: np.ndarray, audio: np.ndarray) -> AvSync:
     return av_sync(mouth, audio_descriptors(audio, SAMPLE_RATE_HZ, FPS, len(mouth)), FPS)
 
 
+def short_window(mouth: np.ndarray, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first SHORT_WINDOW_S of (T, 4) mouth descriptors and of their (S,) 16 kHz audio."""
+    frames = min(len(mouth), int(SHORT_WINDOW_S * FPS))
+    return mouth[:frames], audio[: frames * SAMPLE_RATE_HZ // int(FPS)]
+
+
 def measure(name: str, mouth: np.ndarray, audio: np.ndarray) -> dict[str, Any]:
     """The measure on one clip's (T, 4) mouth descriptors with its own audio shifted by each of
     SHIFTS_MS."""
@@ -97,14 +104,14 @@ def measure(name: str, mouth: np.ndarray, audio: np.ndarray) -> dict[str, Any]:
                 "relative_hit": result.reliable and own_zero.reliable and abs(relative_error) <= TOLERANCE_MS,
             }
         )
-    short = min(len(mouth), int(SHORT_WINDOW_S * FPS))
-    start = _sync(mouth[:short], audio[: short * SAMPLE_RATE_HZ // int(FPS)])
+    short_mouth, short_audio = short_window(mouth, audio)
+    start = _sync(short_mouth, short_audio)
     return {
         "clip": name,
         "frames": len(mouth),
         "shifts": rows,
         "short_window": {
-            "frames": short,
+            "frames": len(short_mouth),
             "correlation": start.correlation,
             "offset_ms": start.offset_ms,
             "reliable": start.reliable,
@@ -140,10 +147,8 @@ def speech_noises(folder: Path = SPEECH) -> dict[str, np.ndarray]:
 def with_noise(audio: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
     """(S,) ``audio`` with ``noise`` (looped or cut to its length) under it at ``snr_db`` (RMS)."""
     looped = np.resize(noise, len(audio)).astype(np.float64)
-    speech_rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
-    noise_rms = float(np.sqrt(np.mean(np.square(looped))))
-    scale = speech_rms / max(noise_rms, 1e-12) * 10 ** (-snr_db / 20)
-    return (audio + scale * looped).astype(np.float32)
+    whole = np.ones(len(audio), bool)
+    return (audio + at_snr(audio.astype(np.float64), looped, snr_db, whole)).astype(np.float32)
 
 
 def noisy_short_windows(
@@ -153,10 +158,9 @@ def noisy_short_windows(
     score of a mouth that is in sync with the speech by construction."""
     rows = []
     for name, mouth, audio in clips:
-        frames = min(len(mouth), int(SHORT_WINDOW_S * FPS))
-        window = audio[: frames * SAMPLE_RATE_HZ // int(FPS)]
+        short_mouth, short_audio = short_window(mouth, audio)
         for noise, snr_db in NOISY_CONDITIONS:
-            result = _sync(mouth[:frames], with_noise(window, noises[noise], snr_db))
+            result = _sync(short_mouth, with_noise(short_audio, noises[noise], snr_db))
             rows.append(
                 {
                     "clip": name,
